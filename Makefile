@@ -1,0 +1,39 @@
+# ScanStream: `make demo` shows it working, `make test` runs the whole suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# CPU build of torch (the CUDA build is several GB); GPU machines install the [gpu] extra instead.
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: install system-deps demo test test-unit test-integration clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_CPU)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+system-deps:
+	@command -v storescu >/dev/null 2>&1 || { \
+	  echo "installing DCMTK (storescu) from the system packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk; }
+
+demo: install
+	$(BIN)/scanstream demo
+
+test: install system-deps
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+test-integration: install system-deps
+	$(BIN)/pytest -q -m integration
+
+clean:
+	rm -rf $(VENV) scanstream-data build *.egg-info

@@ -1,0 +1,215 @@
+"""The types plugins and the engine exchange: series facts, volumes, models, results.
+
+Everything a model plugin needs to import lives here (plus :data:`engine.hookimpl`),
+so the plugin API is one small module that changes with care.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+OUTPUT_KINDS_BUILTIN = ("result_json", "seg")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What a selector sees of a series: header values only, never pixels or patient data."""
+
+    study_uid: str
+    series_uid: str
+    modality: str
+    sop_class_uid: str
+    body_part: str = ""
+    series_description: str = ""
+    calling_ae: str = ""
+    instance_count: int = 0
+    frame_count: int = 0
+
+
+@dataclass
+class Volume:
+    """A decoded series: voxels in physical units with the geometry needed to write results back.
+
+    ``voxels`` has shape (slices, rows, columns) ordered along the slice normal
+    (ascending), values after rescale slope/intercept (HU for CT).
+    ``frames`` maps each slice index to (index into ``sources``, 1-based frame number).
+    """
+
+    voxels: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    sources: list[Any]
+    frames: list[tuple[int, int]]
+    series: SeriesInfo
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (mm^3 / 1000)."""
+        s, r, c = self.spacing
+        return float(s * r * c) / 1000.0
+
+
+@dataclass
+class Finding:
+    """One thing a model found; ``volume_ml`` and ``centroid_mm`` are optional per family."""
+
+    label: str
+    probability: float | None = None
+    volume_ml: float | None = None
+    voxel_count: int | None = None
+    centroid_mm: tuple[float, float, float] | None = None
+
+
+@dataclass
+class ModelResult:
+    """What a model's postprocess returns for one series.
+
+    ``label_map`` (uint8, same shape as the volume's voxels, 0 = background,
+    k = ``segment_labels[k-1]``) is read by the SEG writer.
+    """
+
+    summary: str
+    findings: list[Finding] = field(default_factory=list)
+    label_map: np.ndarray | None = None
+    segment_labels: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ModelHandler(Protocol):
+    """The model-specific halves around the network call (Triton-style split).
+
+    ``preprocess`` turns a volume into a batch tensor (N, C, H, W) or (N, C, D, H, W);
+    the backend runs the network on it (possibly in several micro-batches);
+    ``postprocess`` turns the concatenated network output back into a result.
+    """
+
+    def preprocess(self, volume: Volume) -> Any: ...
+
+    def postprocess(self, output: Any, volume: Volume) -> ModelResult: ...
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One output file: a name relative to the job's result folder, and its bytes."""
+
+    name: str
+    data: bytes
+    media_type: str = "application/octet-stream"
+
+
+@runtime_checkable
+class OutputWriter(Protocol):
+    """Turns a model result into files (a DICOM SEG, a JSON summary, ...)."""
+
+    def write(self, result: ModelResult, volume: Volume, spec: "ModelSpec") -> list[Artifact]: ...
+
+
+Selector = Callable[[SeriesInfo], bool]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as registered by a plugin.
+
+    ``load_network`` builds the torch module with its weights (called once per worker);
+    ``handler`` does pre/postprocessing; ``selector`` says which series the model takes.
+    ``outputs`` names registered output writers, run in order.
+    """
+
+    name: str
+    version: str
+    description: str
+    selector: Selector
+    load_network: Callable[[], Any]
+    handler: ModelHandler
+    outputs: tuple[str, ...] = OUTPUT_KINDS_BUILTIN
+    max_batch: int = 16
+
+    def check(self) -> None:
+        """Raise :class:`PluginError` naming the model when a field is unusable."""
+        where = f"model {self.name!r}"
+        if not _NAME_RE.match(self.name):
+            raise PluginError(f"{where}: name must match {_NAME_RE.pattern}")
+        if not self.version or not isinstance(self.version, str):
+            raise PluginError(f"{where}: version must be a non-empty string")
+        if not callable(self.selector):
+            raise PluginError(f"{where}: selector must be callable (SeriesInfo) -> bool")
+        if not callable(self.load_network):
+            raise PluginError(f"{where}: load_network must be callable () -> torch.nn.Module")
+        if not isinstance(self.handler, ModelHandler):
+            raise PluginError(f"{where}: handler must define preprocess(volume) and postprocess(output, volume)")
+        if not self.outputs:
+            raise PluginError(f"{where}: outputs must name at least one output writer")
+        if self.max_batch < 1:
+            raise PluginError(f"{where}: max_batch must be >= 1")
+
+
+class PluginError(Exception):
+    """A plugin registered something unusable; the message names the plugin piece."""
+
+
+class ModelRegistry:
+    """Models registered by plugins, keyed by name (handed to ``scanstream_register_models``)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelSpec] = {}
+
+    def add(self, spec: ModelSpec) -> None:
+        """Register a model; a duplicate name or an invalid spec raises :class:`PluginError`."""
+        spec.check()
+        if spec.name in self._models:
+            raise PluginError(f"model {spec.name!r} is registered twice")
+        self._models[spec.name] = spec
+
+    def get(self, name: str) -> ModelSpec:
+        """Return the model called ``name`` or raise naming the known ones."""
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise PluginError(f"unknown model {name!r}; registered models: {known}") from None
+
+    def all(self) -> list[ModelSpec]:
+        """Every registered model, sorted by name."""
+        return [self._models[k] for k in sorted(self._models)]
+
+    def select(self, series: SeriesInfo) -> list[ModelSpec]:
+        """The models whose selector takes ``series`` (several may)."""
+        return [m for m in self.all() if m.selector(series)]
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+class OutputRegistry:
+    """Output writers by kind (handed to ``scanstream_register_outputs``)."""
+
+    def __init__(self) -> None:
+        self._writers: dict[str, OutputWriter] = {}
+
+    def add(self, kind: str, writer: OutputWriter) -> None:
+        """Register ``writer`` for ``kind``; duplicates and non-writers raise :class:`PluginError`."""
+        if not isinstance(writer, OutputWriter):
+            raise PluginError(f"output {kind!r}: writer must define write(result, volume, spec)")
+        if kind in self._writers:
+            raise PluginError(f"output {kind!r} is registered twice")
+        self._writers[kind] = writer
+
+    def get(self, kind: str) -> OutputWriter:
+        """Return the writer for ``kind`` or raise naming the known kinds."""
+        try:
+            return self._writers[kind]
+        except KeyError:
+            known = ", ".join(sorted(self._writers)) or "none"
+            raise PluginError(f"unknown output kind {kind!r}; registered outputs: {known}") from None
+
+    def kinds(self) -> list[str]:
+        """Registered output kinds, sorted."""
+        return sorted(self._writers)

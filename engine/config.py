@@ -1,0 +1,220 @@
+"""One typed configuration: a TOML file plus ``SCANSTREAM_*`` environment overrides.
+
+Validated once at start; an invalid value stops start-up with a message naming the
+key (``receiver.port``), where it came from, and what was expected. Components get
+the section they need passed in; nothing reads a global.
+
+Environment overrides use ``__`` between section and key:
+``SCANSTREAM_RECEIVER__PORT=11113``, ``SCANSTREAM_WORKER__COUNT=2``. List values
+are comma-separated (``SCANSTREAM_RECEIVER__ALLOWED_CALLING_AETS=CT1,CT2``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "SCANSTREAM_"
+DEFAULT_CONFIG_FILE = "scanstream.toml"
+
+
+class ConfigError(Exception):
+    """Configuration is invalid; the message names each bad key and the expected form."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReceiverConfig(_Section):
+    """The DICOM SCP: who may connect and what it accepts."""
+
+    ae_title: str = Field("SCANSTREAM", min_length=1, max_length=16)
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=0, le=65535)
+    max_associations: int = Field(16, ge=1)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    max_instance_bytes: int = Field(2**31 - 1, ge=1024)
+    max_pdu_bytes: int = Field(4 * 1024 * 1024, ge=0)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(60.0, gt=0)
+    duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title_chars(cls, value: str) -> str:
+        if not value.strip() or "\\" in value or not value.isprintable():
+            raise ValueError("an AE title is 1-16 printable characters without backslash")
+        return value
+
+
+class StorageConfig(_Section):
+    """Where spool, ledger and results live."""
+
+    data_dir: Path = Path("./scanstream-data")
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+
+class AssemblerConfig(_Section):
+    """When a series counts as complete."""
+
+    idle_timeout_s: float = Field(10.0, gt=0)
+    tick_s: float = Field(0.25, gt=0)
+
+
+class BrokerConfig(_Section):
+    """The ZeroMQ job broker (bound by the receiver) and its leases."""
+
+    bind: str = "tcp://127.0.0.1:5570"
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_liveness: int = Field(3, ge=1)
+    max_attempts: int = Field(3, ge=1)
+
+    @field_validator("bind")
+    @classmethod
+    def _zmq_endpoint(cls, value: str) -> str:
+        if not value.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError("a ZeroMQ endpoint like tcp://127.0.0.1:5570")
+        return value
+
+
+class WorkerConfig(_Section):
+    """Workers started by ``scanstream serve`` and the defaults of ``scanstream worker``."""
+
+    count: int = Field(1, ge=0)
+    capacity: int = Field(1, ge=1)
+    device: Literal["cpu", "cuda"] = "cpu"
+    torch_threads: int = Field(0, ge=0, description="0 = torch's default")
+    broker: str = ""
+
+
+class HttpConfig(_Section):
+    """The health and metrics HTTP endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class PluginsConfig(_Section):
+    """Which plugins load besides the entry points: importable module names, and names to skip."""
+
+    modules: list[str] = Field(default_factory=list)
+    disabled: list[str] = Field(default_factory=list)
+
+
+class LoggingConfig(_Section):
+    """Log level of the JSON-lines log on stderr."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class EngineConfig(_Section):
+    """The whole configuration."""
+
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    assembler: AssemblerConfig = Field(default_factory=AssemblerConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def worker_broker(self) -> str:
+        """The endpoint a worker connects to: worker.broker, else the receiver's bind address."""
+        return self.worker.broker or self.broker.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
+    """Collect ``SCANSTREAM_SECTION__KEY`` variables into a nested dict, remembering each source."""
+    data: dict[str, dict[str, Any]] = {}
+    sources: dict[tuple[str, str], str] = {}
+    list_keys = {
+        (name, key)
+        for name, section in EngineConfig.model_fields.items()
+        for key, field in section.annotation.model_fields.items()  # type: ignore[union-attr]
+        if getattr(field.annotation, "__origin__", None) is list
+    }
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, key = var[len(ENV_PREFIX):].lower().partition("__")
+        parsed: Any = [v.strip() for v in value.split(",") if v.strip()] if (section, key) in list_keys else value
+        data.setdefault(section, {})[key] = parsed
+        sources[(section, key)] = var
+    return data, sources
+
+
+def _merge(base: dict[str, Any], override: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for section, values in override.items():
+        target = merged.get(section)
+        merged[section] = {**target, **values} if isinstance(target, dict) else dict(values)
+    return merged
+
+
+def _describe(error: ValidationError, origin: str, env_sources: dict[tuple[str, str], str]) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        key = ".".join(loc)
+        source = env_sources.get(loc[:2]) if len(loc) >= 2 else None
+        where = f"environment {source}" if source else origin
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f", got {given!r}"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        lines.append(f"  {key} ({where}): {message}{shown}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> EngineConfig:
+    """Read ``path`` (or ``./scanstream.toml`` when present), apply env overrides, validate.
+
+    Raises :class:`ConfigError` naming every invalid key, its source and the expected form.
+    """
+    environ = os.environ if environ is None else environ
+    file_data: dict[str, Any] = {}
+    origin = "defaults"
+    candidate = Path(path) if path is not None else Path(DEFAULT_CONFIG_FILE)
+    if path is not None and not candidate.is_file():
+        raise ConfigError(f"config file {candidate} does not exist")
+    if candidate.is_file():
+        origin = str(candidate)
+        try:
+            file_data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {candidate} is not valid TOML: {exc}") from exc
+    env_data, env_sources = _env_overrides(environ)
+    try:
+        return EngineConfig.model_validate(_merge(file_data, env_data))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin, env_sources)) from None
+
+
+def config_as_env(config: EngineConfig) -> dict[str, str]:
+    """Environment variables that reproduce ``config`` in a child process (used by ``serve``)."""
+    env: dict[str, str] = {}
+    for section_name, section in config.model_dump(mode="json").items():
+        for key, value in section.items():
+            text = ",".join(value) if isinstance(value, list) else str(value)
+            env[f"{ENV_PREFIX}{section_name.upper()}__{key.upper()}"] = text
+    return env

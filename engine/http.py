@@ -1,0 +1,80 @@
+"""Health and metrics over HTTP: ``/healthz``, ``/readyz``, ``/metrics`` (Prometheus text)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from engine.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class StatusCollector(Collector):
+    """Reads ledger and broker state at scrape time, so the figures are never stale."""
+
+    def __init__(self, job_counts: Callable[[], dict[str, int]], workers: Callable[[], int]) -> None:
+        self._job_counts = job_counts
+        self._workers = workers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("scanstream_jobs", "Jobs by state", labels=["state"])
+        for state, count in sorted(self._job_counts().items()):
+            jobs.add_metric([state], count)
+        yield jobs
+        yield GaugeMetricFamily("scanstream_workers_connected", "Workers heartbeating", value=self._workers())
+
+
+class HealthServer:
+    """A small threaded HTTP server; readiness comes from a callable."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+        self._registry = registry
+        self._ready = ready
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                if self.path == "/healthz":
+                    self._reply(200, b"ok\n", "text/plain")
+                elif self.path == "/readyz":
+                    ready = server._ready()
+                    self._reply(200 if ready else 503, b"ready\n" if ready else b"not ready\n", "text/plain")
+                elif self.path == "/metrics":
+                    self._reply(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
+                else:
+                    self._reply(404, b"not found\n", "text/plain")
+
+            def _reply(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return
+
+        return Handler
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("http.listening", port=self.port)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,67 @@
+"""Structured logging: one JSON object per line, event name plus key/value fields.
+
+Call sites pass opaque keys (study key, job id, AE titles), never patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as a single JSON line with its ``fields`` merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        payload.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            payload["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(payload, default=str)
+
+
+class StructuredLogger:
+    """A thin wrapper: ``log.info("instance.stored", job=..., bytes=...)``."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+
+    def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, extra={"fields": fields}, exc_info=exc_info)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, exc_info: bool = False, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields, exc_info=exc_info)
+
+
+def get_logger(name: str) -> StructuredLogger:
+    """Return the structured logger for a module (``get_logger(__name__)``)."""
+    return StructuredLogger(name)
+
+
+def configure_logging(level: str = "INFO", stream: Any = None) -> None:
+    """Send JSON lines to stderr at ``level``; quiet pynetdicom's per-PDU chatter."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.Formatter.converter = time.gmtime

@@ -1,0 +1,1 @@
+"""Model backends: one interface (initialize / execute / finalize), several runtimes."""

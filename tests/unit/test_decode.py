@@ -1,0 +1,98 @@
+"""Decoding a series: slice order along the normal, rescale, multi-frame, errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from engine.api import SeriesInfo
+from engine.worker.decode import DecodeError, build_volume, decode_series, slice_normal
+
+SERIES = SeriesInfo("1.2.3", "1.2.3.4", "CT", CTImageStorage)
+
+
+def ct_slice(z: float, value: int, orientation=(1, 0, 0, 0, 1, 0), slope: float = 1.0,
+             intercept: float = -1024.0, number: int = 1) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = CTImageStorage
+    ds.Modality = "CT"
+    ds.InstanceNumber = number
+    ds.ImagePositionPatient = [0.0, 0.0, z] if orientation[:3] == (1, 0, 0) else [z, 0.0, 0.0]
+    ds.ImageOrientationPatient = list(orientation)
+    ds.PixelSpacing = [0.7, 0.8]
+    ds.Rows = ds.Columns = 4
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelData = np.full((4, 4), value, dtype=np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_slices_are_ordered_along_the_normal_not_instance_number() -> None:
+    payload = [ct_slice(z, value=int(z) + 1024, number=n)
+               for n, z in enumerate([5.0, -5.0, 0.0, 10.0], start=1)]
+    volume = decode_series(payload, SERIES)
+    assert volume.voxels.shape == (4, 4, 4)
+    assert volume.voxels[:, 0, 0].tolist() == [-5.0, 0.0, 5.0, 10.0]
+    assert volume.spacing == (5.0, 0.7, 0.8)
+    assert volume.origin == (0.0, 0.0, -5.0)
+    assert [source for source, _ in volume.frames] == [1, 2, 0, 3]
+
+
+def test_sagittal_orientation_uses_its_own_normal() -> None:
+    orientation = (0, 1, 0, 0, 0, -1)
+    assert np.allclose(slice_normal(orientation), [-1, 0, 0])
+    payload = [ct_slice(x, value=100 + int(x), orientation=orientation) for x in (2.0, 0.0, 1.0)]
+    volume = decode_series(payload, SERIES)
+    assert volume.voxels[:, 0, 0].tolist() == [102 - 1024, 101 - 1024, 100 - 1024]
+
+
+def test_per_slice_rescale_is_applied() -> None:
+    payload = [ct_slice(0.0, 10, slope=2.0, intercept=-5.0), ct_slice(1.0, 10, slope=1.0, intercept=0.0)]
+    volume = decode_series(payload, SERIES)
+    assert volume.voxels.dtype == np.float32
+    assert volume.voxels[:, 0, 0].tolist() == [15.0, 10.0]
+
+
+def test_unreadable_instance_is_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="instance 1"):
+        decode_series([ct_slice(0.0, 1), b"not dicom at all"], SERIES)
+    with pytest.raises(DecodeError, match="no instances"):
+        decode_series([], SERIES)
+
+
+def test_degenerate_orientation_is_refused() -> None:
+    with pytest.raises(DecodeError, match="parallel"):
+        slice_normal((1, 0, 0, 1, 0, 0))
+
+
+def test_multiframe_positions_from_functional_groups() -> None:
+    import pydicom
+    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 0)))
+    ds.NumberOfFrames = 3
+    frames = np.stack([np.full((4, 4), v, dtype=np.uint16) for v in (30, 10, 20)])
+    ds.PixelData = frames.tobytes()
+    per_frame = []
+    for z in (3.0, 1.0, 2.0):
+        item, plane = Dataset(), Dataset()
+        plane.ImagePositionPatient = [0.0, 0.0, z]
+        item.PlanePositionSequence = [plane]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    volume = build_volume([ds], SERIES)
+    assert volume.voxels[:, 0, 0].tolist() == [10 - 1024, 20 - 1024, 30 - 1024]
+    assert volume.frames == [(0, 2), (0, 3), (0, 1)]
