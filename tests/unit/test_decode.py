@@ -6,40 +6,15 @@ import io
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
+
+from tests.unit.factories import ct_slice
 
 from engine.api import SeriesInfo
 from engine.worker.decode import DecodeError, build_volume, decode_series, slice_normal
 
 SERIES = SeriesInfo("1.2.3", "1.2.3.4", "CT", CTImageStorage)
-
-
-def ct_slice(z: float, value: int, orientation=(1, 0, 0, 0, 1, 0), slope: float = 1.0,
-             intercept: float = -1024.0, number: int = 1) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = CTImageStorage
-    ds.Modality = "CT"
-    ds.InstanceNumber = number
-    ds.ImagePositionPatient = [0.0, 0.0, z] if orientation[:3] == (1, 0, 0) else [z, 0.0, 0.0]
-    ds.ImageOrientationPatient = list(orientation)
-    ds.PixelSpacing = [0.7, 0.8]
-    ds.Rows = ds.Columns = 4
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.RescaleSlope = slope
-    ds.RescaleIntercept = intercept
-    ds.PixelData = np.full((4, 4), value, dtype=np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_slices_are_ordered_along_the_normal_not_instance_number() -> None:

@@ -1,0 +1,53 @@
+"""Small DICOM datasets built in memory for unit tests."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+
+def ct_slice(z: float, value: int, orientation=(1, 0, 0, 0, 1, 0), slope: float = 1.0,
+             intercept: float = -1024.0, number: int = 1, size: int = 4, study_uid: str | None = None,
+             series_uid: str | None = None) -> bytes:
+    """One CT slice as Part-10 bytes: constant pixel ``value`` at position ``z`` along the normal."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = CTImageStorage
+    ds.Modality = "CT"
+    ds.InstanceNumber = number
+    ds.ImagePositionPatient = [0.0, 0.0, z] if orientation[:3] == (1, 0, 0) else [z, 0.0, 0.0]
+    ds.ImageOrientationPatient = list(orientation)
+    ds.PixelSpacing = [0.7, 0.8]
+    ds.Rows = ds.Columns = size
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[ds.SeriesInstanceUID])
+    ds.PatientID = "UNIT"
+    ds.PatientName = "Unit^Test"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = "A1"
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.SeriesNumber = 1
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "O"
+    ds.Manufacturer = "UnitTest"
+    ds.SliceThickness = 1.0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelData = np.full((size, size), value, dtype=np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
