@@ -1,0 +1,1 @@
+"""Preprocessing kernels: the vectorised torch CPU path (CUDA kernels come with the GPU worker)."""

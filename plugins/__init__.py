@@ -1,0 +1,1 @@
+"""Built-in model plugins, one subpackage each (network, handler, train script, weights)."""
