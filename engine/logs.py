@@ -57,11 +57,12 @@ def get_logger(name: str) -> StructuredLogger:
 
 
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """Send JSON lines to stderr at ``level``; quiet pynetdicom's per-PDU chatter."""
+    """Send JSON lines to stderr at ``level``; quiet the DICOM libraries' chatter."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    for chatty in ("pynetdicom", "highdicom"):  # per-PDU / per-module chatter, with UIDs
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime

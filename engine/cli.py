@@ -1,0 +1,212 @@
+"""The ``scanstream`` command: serve, receiver, worker, send, demo, plugins, status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from engine import __version__
+from engine.api import PluginError
+from engine.config import ConfigError, EngineConfig, load_config
+from engine.logs import configure_logging, get_logger
+
+log = get_logger("engine.cli")
+
+
+def with_overrides(config: EngineConfig, **sections: dict[str, Any]) -> EngineConfig:
+    """A copy of ``config`` with some keys of some sections replaced (None values ignored)."""
+    update = {}
+    for name, values in sections.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            update[name] = getattr(config, name).model_copy(update=values)
+    return config.model_copy(update=update)
+
+
+def _config(args: argparse.Namespace) -> EngineConfig:
+    config = load_config(args.config)
+    return with_overrides(
+        config,
+        receiver={"port": getattr(args, "port", None)},
+        storage={"data_dir": getattr(args, "data_dir", None)},
+        worker={"count": getattr(args, "workers", None)},
+        http={"port": getattr(args, "http_port", None)},
+        broker={"bind": getattr(args, "broker_bind", None)},
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Receiver, broker and worker subprocesses on this machine until SIGTERM/SIGINT."""
+    from engine.plugins import load_plugins
+    from engine.roles import ReceiverRole, WorkerSupervisor, stop_on_signals
+
+    config = _config(args)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    role = ReceiverRole(config, load_plugins(config))
+    role.start()
+    supervisor = WorkerSupervisor(config, role.broker.bound_address, config.worker.count)
+    supervisor.start()
+    try:
+        stop.wait()
+    finally:
+        supervisor.stop()
+        role.stop()
+    return 0
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    """Receiver and broker only; workers connect from elsewhere."""
+    from engine.plugins import load_plugins
+    from engine.roles import ReceiverRole, stop_on_signals
+
+    config = _config(args)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    role = ReceiverRole(config, load_plugins(config))
+    role.start()
+    try:
+        stop.wait()
+    finally:
+        role.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker connected to a broker."""
+    from engine.roles import run_worker, stop_on_signals, worker_name
+
+    config = _config(args)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    run_worker(config, args.broker or config.worker_broker, stop, name=worker_name(args.index))
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """C-STORE files and folders to a DICOM node."""
+    from engine.sender import SendError, send_files
+
+    try:
+        report = send_files(args.paths, args.host, args.port, args.aet, args.calling_aet)
+    except SendError as exc:
+        print(f"send failed: {exc}", file=sys.stderr)
+        return 2
+    print(f"sent {report.sent} instance(s), {report.bytes_sent / 1e6:.1f} MB; "
+          f"failed {len(report.failed)}; skipped {len(report.skipped)} non-DICOM file(s)")
+    for path, code in report.failed:
+        print(f"  failed: {path} status={'none' if code is None else hex(code)}", file=sys.stderr)
+    return 0 if not report.failed else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the engine, send a phantom CT study over DICOM, print the findings."""
+    from engine.demo import run_demo
+
+    return run_demo(_config(args), seed=args.seed, timeout=args.timeout)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List plugins, models and output kinds."""
+    from engine.plugins import load_plugins
+
+    loaded = load_plugins(_config(args))
+    print("plugins:")
+    for name in loaded.plugin_names:
+        print(f"  {name}")
+    print("models:")
+    for spec in loaded.models.all():
+        print(f"  {spec.name} {spec.version}  outputs={','.join(spec.outputs)}  backend=torch  {spec.description}")
+    print("outputs:")
+    for kind in loaded.outputs.kinds():
+        print(f"  {kind}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
+    from engine.receiver.ledger import Ledger
+
+    config = _config(args)
+    path = config.storage.ledger_path
+    if not path.exists():
+        print(f"no ledger at {path}: nothing received yet", file=sys.stderr)
+        return 1
+    ledger = Ledger(path)
+    try:
+        counts = ledger.status_counts()
+        failed = [job for job in ledger.list_jobs() if job.state in ("failed", "dead")]
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps({"counts": counts, "failed": [
+            {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed]}, indent=2))
+        return 0
+    for key, value in counts.items():
+        print(f"{key:>22}: {value}")
+    for job in failed:
+        print(f"  {job.state}: job {job.job_id} model {job.model}: {job.reason}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scanstream", description="Streaming inference engine for imaging devices")
+    parser.add_argument("--version", action="version", version=f"scanstream {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(func=func)
+        command.add_argument("--config", help="TOML config file (default ./scanstream.toml when present)")
+        return command
+
+    serve = add("serve", cmd_serve, "run receiver, broker and workers on this machine")
+    receiver = add("receiver", cmd_receiver, "run the DICOM receiver and job broker")
+    for command in (serve, receiver):
+        command.add_argument("--port", type=int, help="DICOM port (receiver.port)")
+        command.add_argument("--data-dir", type=Path, help="spool, ledger and results (storage.data_dir)")
+        command.add_argument("--http-port", type=int, help="health/metrics port (http.port)")
+        command.add_argument("--broker-bind", help="ZeroMQ endpoint for workers (broker.bind)")
+    serve.add_argument("--workers", type=int, help="worker processes (worker.count)")
+    worker = add("worker", cmd_worker, "run one worker connected to a broker")
+    worker.add_argument("--broker", help="broker endpoint, e.g. tcp://HOST:5570 (worker.broker)")
+    worker.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    send = add("send", cmd_send, "C-STORE DICOM files or folders (a modality simulator)")
+    send.add_argument("paths", nargs="+", type=Path)
+    send.add_argument("--host", default="127.0.0.1")
+    send.add_argument("--port", type=int, default=11112)
+    send.add_argument("--aet", default="SCANSTREAM", help="called AE title")
+    send.add_argument("--calling-aet", default="SCANSTREAM_SCU")
+    demo = add("demo", cmd_demo, "start the engine, send a phantom CT study, print the findings")
+    demo.add_argument("--data-dir", type=Path)
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--timeout", type=float, default=180.0)
+    add("plugins", cmd_plugins, "list plugins, models and outputs")
+    status = add("status", cmd_status, "studies, queue depth, in-flight and failed jobs")
+    status.add_argument("--data-dir", type=Path)
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``scanstream`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"scanstream: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.logging.level)
+    try:
+        return int(args.func(args))
+    except (ConfigError, PluginError) as exc:
+        print(f"scanstream: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

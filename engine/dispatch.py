@@ -1,0 +1,76 @@
+"""The broker's job source: ledger jobs out as frames, results in as files.
+
+Runs on the broker thread. A job goes out as a header (model, series facts) plus
+one frame per spooled instance file, read from the spool as stored (no decode).
+A DONE files the artifacts under ``results/<study key>/<model>/<series key>/`` and only then
+marks the job done in the ledger, so "done" always means "the files are there".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+from engine.broker.broker import OutgoingJob, WorkerInfo
+from engine.logs import get_logger
+from engine.outputs.store import ResultStore
+from engine.receiver.ledger import Ledger
+from engine.receiver.spool import Spool
+
+log = get_logger(__name__)
+
+
+class LedgerJobSource:
+    """Implements the broker's ``JobSource`` on the ledger, spool and result store."""
+
+    def __init__(self, ledger: Ledger, spool: Spool, results: ResultStore) -> None:
+        self._ledger = ledger
+        self._spool = spool
+        self._results = results
+
+    def next_job(self, worker: WorkerInfo) -> OutgoingJob | None:
+        """Lease the most urgent queued job this worker can run, with its instance files."""
+        job = self._ledger.claim_job(worker.name, time.time(), models=worker.models or None)
+        if job is None:
+            return None
+        instances = self._ledger.series_instances(job.series_uid)
+        payload = [self._spool.read(row.spool_name) for row in instances]
+        series = self._ledger.series_info(job.series_uid)
+        header = {
+            "model": job.model,
+            "model_version": job.model_version,
+            "series": asdict(series),
+            "series_revision": job.series_revision,
+            "study_key": self._ledger.study_key(series.study_uid),
+        }
+        log.info("job.leased", job=job.job_id, attempt=job.attempts, model=job.model, worker=worker.name,
+                 instances=len(payload))
+        return OutgoingJob(job_id=job.job_id, attempt=job.attempts, job=header, payload=payload)
+
+    def job_done(self, job_id: str, attempt: int, result: dict, artifacts: list[tuple[dict, memoryview]]) -> None:
+        """File the artifacts, then mark the job done (a stale attempt files nothing)."""
+        job = self._ledger.job(job_id)
+        if job is None or job.state != "leased" or job.attempts != attempt:
+            log.warning("job.stale_result", job=job_id, attempt=attempt)
+            return
+        series = self._ledger.series_info(job.series_uid)
+        study_key = self._ledger.study_key(series.study_uid)
+        files = [(meta["name"], data) for meta, data in artifacts]
+        folder = self._results.file(study_key, job.model, self._ledger.series_key(job.series_uid), files)
+        if self._ledger.complete_job(job_id, attempt, str(folder), time.time()):
+            log.info("job.done", job=job_id, model=job.model, study_key=study_key,
+                     artifacts=len(files), summary_findings=len(result.get("findings", [])))
+        else:
+            log.warning("job.stale_result", job=job_id, attempt=attempt)
+
+    def job_failed(self, job_id: str, attempt: int, reason: str, retryable: bool) -> None:
+        """Record the failure; the ledger requeues it or dead-letters it after max attempts."""
+        state = self._ledger.fail_job(job_id, attempt, reason, retryable, time.time())
+        log.warning("job.failed", job=job_id, attempt=attempt, retryable=retryable, state=state,
+                    reason=json.dumps(reason)[:300])
+
+    def lease_lost(self, job_id: str, attempt: int, reason: str) -> None:
+        """The worker went away: queue the job again (or dead-letter it after max attempts)."""
+        self._ledger.release_job(job_id, attempt, reason, time.time())
+        log.warning("job.lease_lost", job=job_id, attempt=attempt, reason=reason)

@@ -1,0 +1,1 @@
+"""The receiving side: DICOM SCP, spool, ledger, assembler and router."""

@@ -1,0 +1,41 @@
+"""The router: each model's selector decides which complete series it takes; one job each."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from engine.api import ModelRegistry
+from engine.logs import get_logger
+from engine.receiver.ledger import Ledger
+
+log = get_logger(__name__)
+
+
+class Router:
+    """Creates jobs for a completed series revision (idempotent through the ledger's unique key)."""
+
+    def __init__(self, ledger: Ledger, models: ModelRegistry, on_jobs_queued: Callable[[], None], *,
+                 max_attempts: int = 3) -> None:
+        self._ledger = ledger
+        self._models = models
+        self._on_jobs_queued = on_jobs_queued
+        self._max_attempts = max_attempts
+
+    def route(self, series_uid: str, revision: int) -> list[str]:
+        """Queue one job per model that takes the series; returns the new job ids."""
+        info = self._ledger.series_info(series_uid)
+        selected = self._models.select(info)
+        series_key = self._ledger.series_key(series_uid)
+        if not selected:
+            log.info("series.unrouted", series_key=series_key, modality=info.modality, instances=info.instance_count)
+            return []
+        created = [job for job in (
+            self._ledger.create_job(series_uid, revision, spec.name, spec.version, time.time(),
+                                    max_attempts=self._max_attempts)
+            for spec in selected) if job is not None]
+        if created:
+            log.info("jobs.queued", series_key=series_key, revision=revision, jobs=len(created),
+                     models=",".join(spec.name for spec in selected))
+            self._on_jobs_queued()
+        return created

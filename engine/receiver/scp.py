@@ -1,0 +1,99 @@
+"""The DICOM SCP: storage SOP classes with the common transfer syntaxes, plus Verification.
+
+Rejections are pynetdicom's own: wrong called AE (1,1,7), calling AE not in the
+allow-list (1,1,3), more than ``max_associations`` (2,3,2). Handlers live in
+:mod:`engine.receiver.handlers`; the server is started last by the receiver role.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from engine.logs import get_logger
+from engine.receiver.handlers import StoreHandler, handle_echo, log_association, tcp_nodelay
+from engine.receiver.ledger import DuplicatePolicy, Ledger
+from engine.receiver.spool import Spool
+
+log = get_logger(__name__)
+
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian,
+    RLELossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
+    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
+]
+
+
+class ReceiverError(Exception):
+    """The SCP could not start (the message names the address)."""
+
+
+class ReceiverSCP:
+    """A pynetdicom storage SCP writing to the spool and the ledger."""
+
+    def __init__(self, ae_title: str, host: str, port: int, spool: Spool, ledger: Ledger,
+                 on_instance_stored: Callable[[str], object], *, max_associations: int = 16,
+                 allowed_calling_aets: Sequence[str] = (), max_instance_bytes: int = 2**31 - 1,
+                 max_pdu: int = 4 * 1024 * 1024, acse_timeout: float = 30, dimse_timeout: float = 60,
+                 network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first") -> None:
+        self.ae_title = ae_title
+        self.host = host
+        self._port = port
+        spool.max_instance_bytes = max_instance_bytes
+        self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes)
+        ae = AE(ae_title=ae_title)
+        ae.maximum_associations = max_associations
+        ae.maximum_pdu_size = max_pdu
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse_timeout, dimse_timeout, network_timeout
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(allowed_calling_aets)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self._ae = ae
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when started with port 0)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._port
+
+    def start(self) -> None:
+        """Listen without blocking; raises :class:`ReceiverError` if the address cannot be bound."""
+        handlers = [
+            (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
+            (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
+            (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
+        ]
+        try:
+            self._server = self._ae.start_server((self.host, self._port), block=False, evt_handlers=handlers)
+        except OSError as exc:
+            raise ReceiverError(f"cannot listen for DICOM on {self.host}:{self._port}: {exc.strerror or exc}") from exc
+        log.info("scp.listening", ae_title=self.ae_title, host=self.host, port=self.port)
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,208 @@
+"""The engine's roles, wired from config: receiver (SCP + ledger + broker), worker, serve.
+
+``ReceiverRole`` owns everything stateful on the receiving host; ``run_worker``
+is one worker process; ``WorkerSupervisor`` keeps N worker subprocesses alive
+for ``scanstream serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from engine.broker.broker import Broker
+from engine.broker.worker_link import WorkerLink
+from engine.config import EngineConfig, config_as_env
+from engine.dispatch import LedgerJobSource
+from engine.http import HealthServer, StatusCollector
+from engine.logs import get_logger
+from engine.outputs.store import ResultStore
+from engine.plugins import LoadedPlugins, load_plugins
+from engine.receiver.assembler import Assembler
+from engine.receiver.ledger import Ledger
+from engine.receiver.router import Router
+from engine.receiver.scp import ReceiverSCP
+from engine.receiver.spool import Spool
+from engine.worker.runner import JobRunner
+
+log = get_logger(__name__)
+
+
+class ReceiverRole:
+    """SCP, spool, ledger, assembler, router, broker and the health endpoint of one host."""
+
+    def __init__(self, config: EngineConfig, plugins: LoadedPlugins) -> None:
+        storage = config.storage
+        storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.ledger = Ledger(storage.ledger_path)
+        self.spool = Spool(storage.spool_dir)
+        self.results = ResultStore(storage.results_dir)
+        self.broker = Broker(
+            config.broker.bind,
+            LedgerJobSource(self.ledger, self.spool, self.results),
+            heartbeat_interval=config.broker.heartbeat_interval_s,
+            liveness=config.broker.heartbeat_liveness,
+        )
+        self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts)
+        self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
+        receiver = config.receiver
+        self.scp = ReceiverSCP(
+            receiver.ae_title,
+            receiver.host,
+            receiver.port,
+            self.spool,
+            self.ledger,
+            self._instance_stored,
+            max_associations=receiver.max_associations,
+            allowed_calling_aets=receiver.allowed_calling_aets,
+            max_instance_bytes=receiver.max_instance_bytes,
+            max_pdu=receiver.max_pdu_bytes,
+            acse_timeout=receiver.acse_timeout_s,
+            dimse_timeout=receiver.dimse_timeout_s,
+            network_timeout=receiver.network_timeout_s,
+            duplicate_policy=receiver.duplicate_policy,
+        )
+        registry = CollectorRegistry()
+        registry.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers))
+        self.http = HealthServer(config.http.host, config.http.port, registry, self.ready)
+        self._started = False
+
+    def _instance_stored(self, series_uid: str) -> None:
+        self.assembler.check(series_uid, time.time())
+
+    def _job_counts(self) -> dict[str, int]:
+        return self.ledger.job_counts()
+
+    def ready(self) -> bool:
+        """Ready once every part has started."""
+        return self._started
+
+    def start(self) -> None:
+        """Recover from the ledger, start broker, assembler and HTTP, and the SCP last."""
+        requeued = self.ledger.requeue_leased_on_start()
+        self.broker.start()
+        for series_uid, revision in self.ledger.complete_series_revisions():
+            self.router.route(series_uid, revision)
+        self.assembler.start(tick=self.config.assembler.tick_s)
+        self.http.start()
+        self.scp.start()
+        self._started = True
+        log.info("receiver.started", ae_title=self.config.receiver.ae_title, port=self.scp.port,
+                 broker=self.broker.bound_address, http_port=self.http.port, requeued_jobs=requeued)
+
+    def stop(self) -> None:
+        """Stop accepting, then stop the rest; the ledger is left consistent."""
+        self._started = False
+        self.scp.stop()
+        self.assembler.stop()
+        self.broker.stop()
+        self.http.stop()
+        self.ledger.close()
+        log.info("receiver.stopped")
+
+
+def worker_name(index: int = 0) -> str:
+    """A readable, unique worker name: host, pid and index."""
+    return f"{socket.gethostname()}:{os.getpid()}:{index}"
+
+
+def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: str | None = None) -> None:
+    """One worker process: load plugins, connect to the broker, process jobs until ``stop``."""
+    plugins = load_plugins(config)
+    runner = JobRunner(plugins, device=config.worker.device, threads=config.worker.torch_threads)
+    link = WorkerLink(
+        broker,
+        name or worker_name(),
+        runner.handle,
+        capacity=config.worker.capacity,
+        models=runner.model_names(),
+        heartbeat_interval=config.broker.heartbeat_interval_s,
+        liveness=config.broker.heartbeat_liveness,
+    )
+    log.info("worker.started", broker=broker, models=",".join(runner.model_names()))
+    link.run(stop)
+    log.info("worker.stopped")
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """Set ``stop`` on SIGTERM and SIGINT (graceful shutdown)."""
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal.received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+@dataclass
+class _Child:
+    index: int
+    process: subprocess.Popen
+    started: float
+
+
+class WorkerSupervisor:
+    """Keeps ``count`` worker subprocesses running, restarting any that die (with backoff)."""
+
+    def __init__(self, config: EngineConfig, broker: str, count: int) -> None:
+        self._env = {**os.environ, **config_as_env(config)}
+        self._broker = broker
+        self._count = count
+        self._children: dict[int, _Child] = {}
+        self._backoff: dict[int, float] = {}
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._stop = threading.Event()
+
+    def _spawn(self, index: int) -> None:
+        command = [sys.executable, "-m", "engine.cli", "worker", "--broker", self._broker, "--index", str(index)]
+        process = subprocess.Popen(command, env=self._env)
+        self._children[index] = _Child(index, process, time.monotonic())
+        log.info("worker.spawned", index=index, pid=process.pid)
+
+    def start(self) -> None:
+        for index in range(self._count):
+            self._spawn(index)
+        self._thread.start()
+
+    def pids(self) -> list[int]:
+        """PIDs of the running worker processes."""
+        return [child.process.pid for child in self._children.values()]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for index, child in list(self._children.items()):
+                code = child.process.poll()
+                if code is None:
+                    continue
+                lived = time.monotonic() - child.started
+                delay = 0.0 if lived > 30 else min(2 * self._backoff.get(index, 0.25), 10.0)
+                self._backoff[index] = delay or 0.25
+                log.warning("worker.exited", index=index, pid=child.process.pid, code=code, restart_in_s=delay)
+                if self._stop.wait(delay):
+                    return
+                self._spawn(index)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every worker, wait, then SIGKILL stragglers."""
+        self._stop.set()
+        for child in self._children.values():
+            if child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + timeout
+        for child in self._children.values():
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
