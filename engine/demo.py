@@ -23,15 +23,14 @@ from engine.roles import ReceiverRole, WorkerSupervisor
 from engine.sender import send_files
 
 log = get_logger(__name__)
-FINAL_STATES = ("done", "failed", "dead")
 
 
 def wait_for_study(ledger: Ledger, study_uid: str, timeout: float) -> list:
     """Wait until the study has jobs and all are final; returns the jobs (empty on timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = ledger.study_jobs(study_uid)
-        if jobs and all(job.state in FINAL_STATES for job in jobs):
+        jobs = ledger.final_study_jobs(study_uid)
+        if jobs:
             return jobs
         time.sleep(0.2)
     return []

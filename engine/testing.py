@@ -20,7 +20,6 @@ from typing import Any
 from engine.ports import free_port
 from engine.receiver.ledger import Ledger
 
-FINAL_JOB_STATES = ("done", "failed", "dead")
 
 
 def _toml_value(value: Any) -> str:
@@ -122,8 +121,8 @@ class EngineProcess:
         ledger = self.ledger()
         try:
             while time.monotonic() < deadline:
-                jobs = ledger.study_jobs(study_uid)
-                if len(jobs) >= count and all(job.state in FINAL_JOB_STATES for job in jobs):
+                jobs = ledger.final_study_jobs(study_uid, count)
+                if jobs:
                     return jobs
                 if self.process is not None and self.process.poll() is not None:
                     break

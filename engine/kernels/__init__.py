@@ -1,1 +1,1 @@
-"""Preprocessing kernels: the vectorised torch CPU path (CUDA kernels come with the GPU worker)."""
+"""Preprocessing kernels shared by model handlers: the vectorised torch CPU path lives in :mod:`engine.kernels.cpu`."""

@@ -8,6 +8,7 @@ addresses, never patient data.
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 import socket
@@ -18,14 +19,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import evt
 
 from engine.logs import get_logger
 from engine.receiver.ledger import AddOutcome, DuplicatePolicy, InstanceMeta, Ledger
-from engine.receiver.spool import Spool, SpoolError, encode_file_meta
+from engine.receiver.spool import PREAMBLE, Spool, SpoolError, encode_file_meta
 from engine.receiver.statuses import StoreStatus
 
 log = get_logger(__name__)
@@ -70,16 +71,16 @@ def _expected_native_pixel_bytes(ds: Dataset) -> int | None:
     return (bits + 7) // 8
 
 
-def parse_dataset(meta_bytes: bytes, raw: bytes, transfer_syntax: UID, inflated_cap: int) -> Dataset:
+def parse_dataset(file_meta: FileMetaDataset, raw: bytes, inflated_cap: int) -> Dataset:
     """Parse the received dataset; truncation and nonsense raise :class:`InstanceRejected` (0xC0xx)."""
+    transfer_syntax = UID(file_meta.TransferSyntaxUID)
     body = raw
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         body = _inflate(raw, inflated_cap)
-        ts_meta = pydicom.dcmread(io.BytesIO(b"\0" * 128 + b"DICM" + meta_bytes), stop_before_pixels=True)
-        ts_meta.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-        meta_bytes = encode_file_meta(ts_meta.file_meta)
+        file_meta = copy.deepcopy(file_meta)
+        file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     try:
-        ds = pydicom.dcmread(io.BytesIO(b"\0" * 128 + b"DICM" + meta_bytes + body))
+        ds = pydicom.dcmread(io.BytesIO(PREAMBLE + encode_file_meta(file_meta) + body))
         ds.SOPInstanceUID  # noqa: B018 - force the lazy parse of the top level
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, AttributeError, struct.error) as exc:
         raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__})") from exc
@@ -131,12 +132,11 @@ class StoreHandler:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
                                    f"instance of {len(raw)} bytes exceeds the cap of {self.spool.max_instance_bytes}")
         file_meta = event.file_meta
-        meta_bytes = encode_file_meta(file_meta)
-        ds = parse_dataset(meta_bytes, raw, UID(file_meta.TransferSyntaxUID), self.inflated_cap)
+        ds = parse_dataset(file_meta, raw, self.inflated_cap)
         validate_uids(ds, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
         meta = InstanceMeta.from_dataset(ds)
         try:
-            entry = self.spool.store(meta_bytes, raw)
+            entry = self.spool.store(encode_file_meta(file_meta), raw)
         except SpoolError as exc:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES, str(exc)) from exc
         try:

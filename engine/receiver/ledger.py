@@ -27,6 +27,7 @@ from engine.receiver.spool import SpoolEntry
 SCHEMA_VERSION = 1
 DuplicatePolicy = Literal["keep_first", "replace"]
 JOB_STATES = ("queued", "leased", "done", "failed", "dead")
+FINAL_JOB_STATES = ("done", "failed", "dead")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -369,6 +370,13 @@ class Ledger:
                 "SELECT j.job_id FROM jobs j JOIN series s ON s.series_uid = j.series_uid WHERE s.study_uid = ?"
                 " ORDER BY j.created", (study_uid,))]
         return [job for job in map(self.job, ids) if job is not None]
+
+    def final_study_jobs(self, study_uid: str, minimum: int = 1) -> list[JobRow] | None:
+        """The study's jobs once there are ``minimum`` and none is queued or leased, else None."""
+        jobs = self.study_jobs(study_uid)
+        if len(jobs) >= minimum and all(job.state in FINAL_JOB_STATES for job in jobs):
+            return jobs
+        return None
 
     def list_jobs(self, state: str | None = None) -> list[JobRow]:
         with self._lock:

@@ -1,8 +1,10 @@
 """The spool: every acknowledged instance as a Part-10 file, fsynced before the answer.
 
-Files are written to a temp name, fsynced, renamed, and the directory fsynced, so
-an instance acknowledged with 0x0000 survives a crash or power loss. Names are
-random (sharded by their first two characters), never UIDs or patient data.
+Files are written to a temp name in their final folder, fsynced, renamed, and the
+folder fsynced, so an instance acknowledged with 0x0000 survives a crash or power
+loss. The dataset bytes are written exactly as received (never re-encoded). Names
+are random (uuid4 hex, sharded by their first two characters), never UIDs or
+patient data.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.filewriter import write_file_meta_info
-from pydicom.filebase import DicomBytesIO
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
+_HEX = frozenset("0123456789abcdef")
 
 
 class SpoolError(Exception):
@@ -26,15 +29,16 @@ class SpoolError(Exception):
 
 @dataclass(frozen=True)
 class SpoolEntry:
-    """A stored instance: opaque name, size of the whole file, and its SHA-256."""
+    """A stored instance: opaque name, its file, the file's size, and the SHA-256 of the dataset bytes."""
 
     name: str
+    path: Path
     size: int
     sha256: str
 
 
 def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
-    """The file meta group as bytes (preamble and prefix not included)."""
+    """The file meta group as bytes (preamble and ``DICM`` prefix not included)."""
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_file_meta_info(buffer, file_meta, enforce_standard=True)
@@ -42,7 +46,7 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -50,7 +54,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    """A folder of instance files."""
+    """A folder of instance files, ``<root>/<name[:2]>/<name>``."""
 
     def __init__(self, root: Path, max_instance_bytes: int = 2**31 - 1) -> None:
         self.root = Path(root)
@@ -58,22 +62,23 @@ class Spool:
         self.max_instance_bytes = max_instance_bytes
 
     def path(self, name: str) -> Path:
-        """Where the instance called ``name`` lives."""
-        if len(name) != 32 or not all(ch in "0123456789abcdef" for ch in name):
+        """Where the instance called ``name`` lives (names are validated: no path tricks)."""
+        if len(name) != 32 or not set(name) <= _HEX:
             raise SpoolError(f"not a spool name: {name!r}")
         return self.root / name[:2] / name
 
-    def store(self, meta_bytes: bytes, dataset: bytes | memoryview) -> SpoolEntry:
-        """Write preamble + meta + dataset as received; fsync; return its entry. Raises SpoolError."""
-        size = len(PREAMBLE) + len(meta_bytes) + len(dataset)
+    def store(self, file_meta: FileMetaDataset | bytes, dataset: bytes | memoryview) -> SpoolEntry:
+        """Write preamble + file meta + ``dataset`` as received, durably; raises :class:`SpoolError`."""
         if len(dataset) > self.max_instance_bytes:
             raise SpoolError(f"instance of {len(dataset)} bytes exceeds the cap of {self.max_instance_bytes}")
+        meta_bytes = encode_file_meta(file_meta) if isinstance(file_meta, FileMetaDataset) else file_meta
         name = uuid.uuid4().hex
         final = self.path(name)
         temp = final.with_name(f".{name}.part")
-        digest = hashlib.sha256(dataset)
         try:
-            final.parent.mkdir(exist_ok=True)
+            if not final.parent.is_dir():
+                final.parent.mkdir(exist_ok=True)
+                _fsync_dir(self.root)
             with open(temp, "wb") as handle:
                 handle.write(PREAMBLE)
                 handle.write(meta_bytes)
@@ -86,12 +91,13 @@ class Spool:
             temp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
             raise SpoolError(f"spool write failed: {exc.strerror or exc}") from exc
-        return SpoolEntry(name=name, size=size, sha256=digest.hexdigest())
+        size = len(PREAMBLE) + len(meta_bytes) + len(dataset)
+        return SpoolEntry(name=name, path=final, size=size, sha256=hashlib.sha256(dataset).hexdigest())
 
     def read(self, name: str) -> bytes:
         """The whole Part-10 file."""
         return self.path(name).read_bytes()
 
     def remove(self, name: str) -> None:
-        """Delete an instance file (a duplicate, or a store the ledger refused)."""
+        """Delete an instance file (a duplicate, a replaced instance, or a store the ledger refused)."""
         self.path(name).unlink(missing_ok=True)

@@ -76,8 +76,12 @@ class JobRunner:
         result = spec.handler.postprocess(output, volume)
         timings["postprocess_s"], clock = time.perf_counter() - clock, time.perf_counter()
         artifacts: list[Artifact] = []
-        for kind in spec.outputs:
-            artifacts.extend(self._plugins.outputs.get(kind).write(result, volume, spec))
+        try:
+            for kind in spec.outputs:
+                artifacts.extend(self._plugins.outputs.get(kind).write(result, volume, spec))
+        except PluginError as exc:
+            log.warning("job.output_failed", job=request.job_id, model=spec.name, reason=str(exc))
+            return JobFailed(reason=f"output: {exc}", retryable=False)
         timings["outputs_s"] = time.perf_counter() - clock
         artifacts = [_with_timings(a, timings, request) for a in artifacts]
         summary: dict[str, Any] = {
