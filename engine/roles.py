@@ -119,6 +119,7 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
     """One worker process: load plugins, connect to the broker, process jobs until ``stop``."""
     plugins = load_plugins(config)
     runner = JobRunner(plugins, device=config.worker.device, threads=config.worker.torch_threads)
+    runner.warm_up()
     link = WorkerLink(
         broker,
         name or worker_name(),

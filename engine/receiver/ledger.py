@@ -4,6 +4,7 @@ It is the source of truth for what was received and what must still run; the
 broker's memory is not. One connection guarded by a lock serves every thread
 (association threads, assembler, broker); each public method is one transaction.
 Keys shown to people and used in paths (``st_…``, ``se_…``) are random, never UIDs.
+The schema is created or migrated on open, step by step, from ``schema_version``.
 """
 
 from __future__ import annotations
@@ -13,55 +14,103 @@ import sqlite3
 import threading
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from engine.api import SeriesInfo
 from engine.receiver.spool import SpoolEntry
 
-SCHEMA_VERSION = 1
 DuplicatePolicy = Literal["keep_first", "replace"]
 JOB_STATES = ("queued", "leased", "done", "failed", "dead")
-FINAL_JOB_STATES = ("done", "failed", "dead")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY, study_key TEXT UNIQUE NOT NULL,
-    first_received REAL NOT NULL, last_received REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS series (
-    series_uid TEXT PRIMARY KEY, series_key TEXT UNIQUE NOT NULL, study_uid TEXT NOT NULL REFERENCES studies,
-    modality TEXT NOT NULL, sop_class_uid TEXT NOT NULL, body_part TEXT NOT NULL, series_description TEXT NOT NULL,
-    calling_ae TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'open', revision INTEGER NOT NULL DEFAULT 0,
-    first_received REAL NOT NULL, last_received REAL NOT NULL, completed_at REAL, completion_reason TEXT);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY, series_uid TEXT NOT NULL REFERENCES series, sop_class_uid TEXT NOT NULL,
-    spool_name TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, instance_number INTEGER,
-    position REAL, orientation TEXT, images_in_acquisition INTEGER, number_of_frames INTEGER,
-    received_at REAL NOT NULL, calling_ae TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id TEXT PRIMARY KEY, series_uid TEXT NOT NULL REFERENCES series, series_revision INTEGER NOT NULL,
-    model TEXT NOT NULL, model_version TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    max_attempts INTEGER NOT NULL, priority INTEGER NOT NULL DEFAULT 0, worker TEXT, reason TEXT,
-    result_dir TEXT, created REAL NOT NULL, leased REAL, finished REAL,
-    UNIQUE (series_uid, series_revision, model, model_version));
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, priority DESC, created);
-"""
+# Each step takes the ledger from version i to i + 1; released steps are never edited.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE studies (
+        study_uid TEXT PRIMARY KEY, study_key TEXT UNIQUE NOT NULL,
+        first_received REAL NOT NULL, last_received REAL NOT NULL);
+    CREATE TABLE series (
+        series_uid TEXT PRIMARY KEY, series_key TEXT UNIQUE NOT NULL, study_uid TEXT NOT NULL REFERENCES studies,
+        modality TEXT NOT NULL, sop_class_uid TEXT NOT NULL, body_part TEXT NOT NULL,
+        series_description TEXT NOT NULL, calling_ae TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'open',
+        revision INTEGER NOT NULL DEFAULT 0, first_received REAL NOT NULL, last_received REAL NOT NULL,
+        completed_at REAL, completion_reason TEXT);
+    CREATE TABLE instances (
+        sop_instance_uid TEXT PRIMARY KEY, series_uid TEXT NOT NULL REFERENCES series, sop_class_uid TEXT NOT NULL,
+        spool_name TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, instance_number INTEGER,
+        position REAL, orientation TEXT, images_in_acquisition INTEGER, number_of_frames INTEGER,
+        received_at REAL NOT NULL, calling_ae TEXT NOT NULL);
+    CREATE INDEX instances_by_series ON instances(series_uid);
+    CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY, series_uid TEXT NOT NULL REFERENCES series, series_revision INTEGER NOT NULL,
+        model TEXT NOT NULL, model_version TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL, priority INTEGER NOT NULL DEFAULT 0, worker TEXT, reason TEXT,
+        result_dir TEXT, created REAL NOT NULL, leased REAL, finished REAL,
+        UNIQUE (series_uid, series_revision, model, model_version));
+    CREATE INDEX jobs_by_state ON jobs(state, priority DESC, created);
+    """,
+    """
+    ALTER TABLE series ADD COLUMN expected_count INTEGER;
+    ALTER TABLE series ADD COLUMN updates INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+    """,
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be used (written by a newer ScanStream, or not a ledger)."""
 
 
 class AddOutcome(Enum):
-    """What ``add_instance`` did."""
+    """What ``add_instance`` did with an instance."""
 
     STORED = "stored"
-    DUPLICATE_SAME = "duplicate_same"
-    DUPLICATE_KEPT_FIRST = "duplicate_kept_first"
-    REPLACED = "replaced"
+    DUPLICATE_SAME = "duplicate_same"  # same SOP Instance UID, same bytes: nothing changes
+    DUPLICATE_KEPT_FIRST = "duplicate_kept_first"  # different bytes, policy keep_first: nothing changes
+    REPLACED = "replaced"  # different bytes, policy replace: the new file wins
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """The outcome, the spool file the caller must delete (if any), and the study's opaque key.
+
+    ``reopened`` is True when the instance reopened a complete series (it will run again
+    as a new revision).
+    """
+
+    outcome: AddOutcome
+    discard: str | None
+    study_key: str
+    reopened: bool = False
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value)
+
+
+def _number(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return int(value)
+
+
+def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    values = tuple(float(v) for v in (value if isinstance(value, (MultiValue, list, tuple)) else [value]))
+    if len(values) != count or not all(np.isfinite(values)):
+        raise ValueError(f"{keyword} needs {count} finite numbers, got {len(values)}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -83,35 +132,31 @@ class InstanceMeta:
 
     @classmethod
     def from_dataset(cls, ds: Dataset) -> "InstanceMeta":
-        """Read the facts from a dataset without touching pixel data."""
-        def number(keyword: str) -> int | None:
-            value = ds.get(keyword)
-            return int(value) if value not in (None, "") else None
+        """Read the facts from a (header-only) dataset; a malformed number raises ValueError.
 
-        def floats(keyword: str, count: int) -> tuple[float, ...] | None:
-            value = ds.get(keyword)
-            if value is None or len(value) != count:
-                return None
-            return tuple(float(v) for v in value)
-
-        position = floats("ImagePositionPatient", 3)
-        return cls(
-            study_uid=str(ds.StudyInstanceUID),
-            series_uid=str(ds.SeriesInstanceUID),
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            sop_class_uid=str(ds.SOPClassUID),
-            modality=str(ds.get("Modality", "") or ""),
-            body_part=str(ds.get("BodyPartExamined", "") or ""),
-            series_description=str(ds.get("SeriesDescription", "") or ""),
-            instance_number=number("InstanceNumber"),
-            image_position=position,  # type: ignore[arg-type]
-            image_orientation=floats("ImageOrientationPatient", 6),
-            images_in_acquisition=number("ImagesInAcquisition"),
-            number_of_frames=number("NumberOfFrames"),
-        )
+        A missing UID reads as "" (the caller's UID check refuses it).
+        """
+        try:
+            position = _floats(ds, "ImagePositionPatient", 3)
+            return cls(
+                study_uid=_text(ds, "StudyInstanceUID"),
+                series_uid=_text(ds, "SeriesInstanceUID"),
+                sop_instance_uid=_text(ds, "SOPInstanceUID"),
+                sop_class_uid=_text(ds, "SOPClassUID"),
+                modality=_text(ds, "Modality"),
+                body_part=_text(ds, "BodyPartExamined"),
+                series_description=_text(ds, "SeriesDescription"),
+                instance_number=_number(ds, "InstanceNumber"),
+                image_position=position,  # type: ignore[arg-type]
+                image_orientation=_floats(ds, "ImageOrientationPatient", 6),
+                images_in_acquisition=_number(ds, "ImagesInAcquisition"),
+                number_of_frames=_number(ds, "NumberOfFrames"),
+            )
+        except (TypeError, OverflowError) as exc:
+            raise ValueError(f"a header value is malformed ({exc})") from exc
 
     def position_along_normal(self) -> float | None:
-        """Distance of the slice along its normal, or None without geometry."""
+        """Distance of the slice along its normal (row x column direction), or None without geometry."""
         if self.image_position is None or self.image_orientation is None:
             return None
         normal = np.cross(self.image_orientation[:3], self.image_orientation[3:6])
@@ -120,10 +165,12 @@ class InstanceMeta:
 
 @dataclass(frozen=True)
 class InstanceRow:
+    """What the assembler and the job source need of a stored instance."""
+
     sop_instance_uid: str
     spool_name: str
     position: float | None
-    orientation: str | None
+    orientation: tuple[float, ...] | None
     images_in_acquisition: int | None
     number_of_frames: int | None
     instance_number: int | None
@@ -131,6 +178,8 @@ class InstanceRow:
 
 @dataclass(frozen=True)
 class SeriesRow:
+    """A series' state; ``updates`` counts instance changes (a guard against completing stale views)."""
+
     series_uid: str
     series_key: str
     study_uid: str
@@ -138,10 +187,15 @@ class SeriesRow:
     revision: int
     last_received: float
     instance_count: int
+    expected_count: int | None
+    updates: int
+    completion_reason: str | None
 
 
 @dataclass(frozen=True)
 class JobRow:
+    """One job; ``attempts`` is also the attempt number of the current lease."""
+
     job_id: str
     series_uid: str
     series_revision: int
@@ -157,10 +211,22 @@ class JobRow:
     created: float
     leased: float | None
     finished: float | None
+    lease_expires: float | None
+
+
+_JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
 
 
 def _key(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
+
+
+def _orientation_text(orientation: tuple[float, ...] | None) -> str | None:
+    return None if orientation is None else ",".join(repr(float(v)) for v in orientation)
+
+
+def _orientation(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(v) for v in text.split(","))
 
 
 class Ledger:
@@ -171,13 +237,36 @@ class Ledger:
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise LedgerError(f"{self.path} is not a usable ledger: {exc}") from exc
+        except LedgerError:
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
         with self._tx() as db:
-            if db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == 0:
-                db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = int(row[0] or 0)
+            if version > SCHEMA_VERSION:
+                raise LedgerError(f"{self.path} has schema version {version}; this ScanStream knows up to "
+                                  f"{SCHEMA_VERSION} (upgrade ScanStream, or use another data_dir)")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
+                    db.execute(statement)
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version VALUES (?)", (step + 1,))
+
+    def schema_version(self) -> int:
+        """The schema version of the open ledger."""
+        with self._lock:
+            return int(self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -191,62 +280,80 @@ class Ledger:
             self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
         with self._lock:
             self._db.close()
 
     # -- instances, series, studies -------------------------------------------------------
 
     def add_instance(self, meta: InstanceMeta, entry: SpoolEntry, calling_ae: str, now: float,
-                     duplicate_policy: DuplicatePolicy = "keep_first") -> tuple[AddOutcome, str | None]:
-        """Record a spooled instance; returns the outcome and a spool name the caller should delete."""
+                     duplicate_policy: DuplicatePolicy = "keep_first") -> AddResult:
+        """Record a spooled instance; a late instance reopens its complete series for a new revision."""
         with self._tx() as db:
-            old = db.execute("SELECT spool_name, sha256, series_uid FROM instances WHERE sop_instance_uid = ?",
-                             (meta.sop_instance_uid,)).fetchone()
-            if old is not None and old["sha256"] == entry.sha256:
-                return AddOutcome.DUPLICATE_SAME, entry.name
-            if old is not None and duplicate_policy == "keep_first":
-                return AddOutcome.DUPLICATE_KEPT_FIRST, entry.name
-            self._upsert_study_series(db, meta, calling_ae, now)
+            old = db.execute("SELECT i.spool_name, i.sha256, st.study_key FROM instances i"
+                             " JOIN series s ON s.series_uid = i.series_uid JOIN studies st ON st.study_uid = s.study_uid"
+                             " WHERE i.sop_instance_uid = ?", (meta.sop_instance_uid,)).fetchone()
+            if old is not None and (old["sha256"] == entry.sha256 or duplicate_policy == "keep_first"):
+                same = old["sha256"] == entry.sha256
+                outcome = AddOutcome.DUPLICATE_SAME if same else AddOutcome.DUPLICATE_KEPT_FIRST
+                return AddResult(outcome, entry.name, str(old["study_key"]))
+            reopened = self._upsert_study_series(db, meta, calling_ae, now)
             values = (meta.series_uid, meta.sop_class_uid, entry.name, entry.sha256, entry.size,
-                      meta.instance_number, meta.position_along_normal(),
-                      ",".join(f"{v:.6f}" for v in meta.image_orientation) if meta.image_orientation else None,
-                      meta.images_in_acquisition, meta.number_of_frames, now, calling_ae)
+                      meta.instance_number, meta.position_along_normal(), _orientation_text(meta.image_orientation),
+                      meta.images_in_acquisition, meta.number_of_frames, now, calling_ae, meta.sop_instance_uid)
             if old is None:
                 db.execute("INSERT INTO instances (series_uid, sop_class_uid, spool_name, sha256, size, instance_number,"
                            " position, orientation, images_in_acquisition, number_of_frames, received_at, calling_ae,"
-                           " sop_instance_uid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", (*values, meta.sop_instance_uid))
-                return AddOutcome.STORED, None
-            db.execute("UPDATE instances SET series_uid=?, sop_class_uid=?, spool_name=?, sha256=?, size=?,"
-                       " instance_number=?, position=?, orientation=?, images_in_acquisition=?, number_of_frames=?,"
-                       " received_at=?, calling_ae=? WHERE sop_instance_uid=?", (*values, meta.sop_instance_uid))
-            return AddOutcome.REPLACED, old["spool_name"]
+                           " sop_instance_uid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                outcome, discard = AddOutcome.STORED, None
+            else:
+                db.execute("UPDATE instances SET series_uid=?, sop_class_uid=?, spool_name=?, sha256=?, size=?,"
+                           " instance_number=?, position=?, orientation=?, images_in_acquisition=?,"
+                           " number_of_frames=?, received_at=?, calling_ae=? WHERE sop_instance_uid=?", values)
+                outcome, discard = AddOutcome.REPLACED, old["spool_name"]
+            return AddResult(outcome, discard, self._study_key(db, meta.study_uid), reopened)
 
     @staticmethod
-    def _upsert_study_series(db: sqlite3.Connection, meta: InstanceMeta, calling_ae: str, now: float) -> None:
+    def _upsert_study_series(db: sqlite3.Connection, meta: InstanceMeta, calling_ae: str, now: float) -> bool:
+        """Create or touch the study and series; returns True when a complete series was reopened."""
         db.execute("INSERT INTO studies (study_uid, study_key, first_received, last_received) VALUES (?,?,?,?)"
                    " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
                    (meta.study_uid, _key("st"), now, now))
+        state = db.execute("SELECT state FROM series WHERE series_uid = ?", (meta.series_uid,)).fetchone()
         db.execute(
             "INSERT INTO series (series_uid, series_key, study_uid, modality, sop_class_uid, body_part,"
-            " series_description, calling_ae, first_received, last_received) VALUES (?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received, state = 'open'",
+            " series_description, calling_ae, first_received, last_received, expected_count, updates)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,1)"
+            " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received, state = 'open',"
+            " expected_count = COALESCE(excluded.expected_count, series.expected_count),"
+            " updates = series.updates + 1",
             (meta.series_uid, _key("se"), meta.study_uid, meta.modality, meta.sop_class_uid, meta.body_part,
-             meta.series_description, calling_ae, now, now))
+             meta.series_description, calling_ae, now, now, meta.images_in_acquisition))
+        return state is not None and state[0] == "complete"
+
+    @staticmethod
+    def _study_key(db: sqlite3.Connection, study_uid: str) -> str:
+        row = db.execute("SELECT study_key FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        if row is None:
+            raise KeyError("unknown study")
+        return str(row[0])
 
     def series(self, series_uid: str) -> SeriesRow | None:
-        """One series with its instance count."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid = s.series_uid) AS n"
-                " FROM series s WHERE series_uid = ?", (series_uid,)).fetchone()
-        return None if row is None else SeriesRow(row["series_uid"], row["series_key"], row["study_uid"],
-                                                   row["state"], row["revision"], row["last_received"], row["n"])
+        """One series with its instance count, or None."""
+        rows = self._series_rows("WHERE s.series_uid = ?", (series_uid,))
+        return rows[0] if rows else None
 
     def open_series(self) -> list[SeriesRow]:
-        """Every series still waiting to complete."""
+        """Every series still waiting to complete (what the assembler's tick checks)."""
+        return self._series_rows("WHERE s.state = 'open'", ())
+
+    def _series_rows(self, where: str, params: tuple) -> list[SeriesRow]:
         with self._lock:
-            uids = [r[0] for r in self._db.execute("SELECT series_uid FROM series WHERE state = 'open'")]
-        return [row for row in map(self.series, uids) if row is not None]
+            rows = self._db.execute(
+                "SELECT s.series_uid, s.series_key, s.study_uid, s.state, s.revision, s.last_received,"
+                " (SELECT COUNT(*) FROM instances i WHERE i.series_uid = s.series_uid) AS instance_count,"
+                f" s.expected_count, s.updates, s.completion_reason FROM series s {where}", params).fetchall()
+        return [SeriesRow(*row) for row in rows]
 
     def series_instances(self, series_uid: str) -> list[InstanceRow]:
         """The series' instances, ordered along the slice normal where known."""
@@ -255,14 +362,19 @@ class Ledger:
                 "SELECT sop_instance_uid, spool_name, position, orientation, images_in_acquisition,"
                 " number_of_frames, instance_number FROM instances WHERE series_uid = ?"
                 " ORDER BY position, instance_number, sop_instance_uid", (series_uid,)).fetchall()
-        return [InstanceRow(*row) for row in rows]
+        return [InstanceRow(r[0], r[1], r[2], _orientation(r[3]), r[4], r[5], r[6]) for r in rows]
 
-    def complete_series(self, series_uid: str, reason: str, now: float) -> int:
-        """Mark an open series complete; returns its new revision (0 if it was not open)."""
+    def complete_series(self, series_uid: str, reason: str, now: float, seen_updates: int | None = None) -> int:
+        """Mark an open series complete; returns its new revision, or 0 if it was not open.
+
+        With ``seen_updates`` it completes only if no instance arrived since the caller
+        looked (so a completion decision never covers instances it did not see).
+        """
+        guard, params = ("", ()) if seen_updates is None else (" AND updates = ?", (seen_updates,))
         with self._tx() as db:
             updated = db.execute("UPDATE series SET state = 'complete', revision = revision + 1, completed_at = ?,"
-                                 " completion_reason = ? WHERE series_uid = ? AND state = 'open'",
-                                 (now, reason, series_uid)).rowcount
+                                 " completion_reason = ? WHERE series_uid = ? AND state = 'open'" + guard,
+                                 (now, reason, series_uid, *params)).rowcount
             if not updated:
                 return 0
             return int(db.execute("SELECT revision FROM series WHERE series_uid = ?", (series_uid,)).fetchone()[0])
@@ -271,36 +383,34 @@ class Ledger:
         """(series UID, revision) of every complete series, for idempotent re-routing at start."""
         with self._lock:
             return [(r[0], r[1]) for r in self._db.execute(
-                "SELECT series_uid, revision FROM series WHERE state = 'complete'")]
+                "SELECT series_uid, revision FROM series WHERE state = 'complete' ORDER BY completed_at")]
 
     def series_info(self, series_uid: str) -> SeriesInfo:
-        """What selectors see of a series."""
+        """What selectors see of a series (raises KeyError for an unknown series)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT s.*, COUNT(i.sop_instance_uid) AS n, COALESCE(SUM(COALESCE(i.number_of_frames, 1)), 0) AS f"
                 " FROM series s LEFT JOIN instances i ON i.series_uid = s.series_uid WHERE s.series_uid = ?"
                 " GROUP BY s.series_uid", (series_uid,)).fetchone()
         if row is None:
-            raise KeyError(f"unknown series {series_uid}")
+            raise KeyError("unknown series")
         return SeriesInfo(study_uid=row["study_uid"], series_uid=row["series_uid"], modality=row["modality"],
                           sop_class_uid=row["sop_class_uid"], body_part=row["body_part"],
                           series_description=row["series_description"], calling_ae=row["calling_ae"],
                           instance_count=int(row["n"]), frame_count=int(row["f"]))
 
     def study_key(self, study_uid: str) -> str:
-        """The opaque key of a study (used in result paths and logs)."""
+        """The opaque key of a study (used in result paths and logs); KeyError if unknown."""
         with self._lock:
-            row = self._db.execute("SELECT study_key FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
-        if row is None:
-            raise KeyError("unknown study")
-        return str(row[0])
+            return self._study_key(self._db, study_uid)
 
     def series_key(self, series_uid: str) -> str:
-        """The opaque key of a series."""
-        row = self.series(series_uid)
+        """The opaque key of a series; KeyError if unknown."""
+        with self._lock:
+            row = self._db.execute("SELECT series_key FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
         if row is None:
             raise KeyError("unknown series")
-        return row.series_key
+        return str(row[0])
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -315,42 +425,50 @@ class Ledger:
                 (job_id, series_uid, revision, model, model_version, max_attempts, priority, now)).rowcount
         return job_id if inserted else None
 
-    def claim_job(self, worker: str, now: float, models: Sequence[str] | None = None) -> JobRow | None:
-        """Lease the most urgent queued job (of ``models`` when given) to ``worker``."""
+    def claim_job(self, worker: str, now: float, models: Sequence[str] | None = None,
+                  lease_seconds: float | None = None) -> JobRow | None:
+        """Lease the most urgent queued job (of ``models`` when given) to ``worker``; attempts += 1."""
         with self._tx() as db:
             query = "SELECT job_id FROM jobs WHERE state = 'queued'"
             params: list[object] = []
             if models is not None:
                 query += f" AND model IN ({','.join('?' * len(models))})"
                 params.extend(models)
-            row = db.execute(query + " ORDER BY priority DESC, created LIMIT 1", params).fetchone()
+            row = db.execute(query + " ORDER BY priority DESC, created, job_id LIMIT 1", params).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = 'leased', attempts = attempts + 1, worker = ?, leased = ?"
-                       " WHERE job_id = ?", (worker, now, row[0]))
-        return self.job(row[0])
+            expires = None if lease_seconds is None else now + lease_seconds
+            db.execute("UPDATE jobs SET state = 'leased', attempts = attempts + 1, worker = ?, leased = ?,"
+                       " lease_expires = ? WHERE job_id = ?", (worker, now, expires, row[0]))
+            return self._job(db, row[0])
+
+    @staticmethod
+    def _job(db: sqlite3.Connection, job_id: str) -> JobRow | None:
+        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRow(*row)
 
     def job(self, job_id: str) -> JobRow | None:
+        """One job, or None."""
         with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return None if row is None else JobRow(*(row[f] for f in JobRow.__dataclass_fields__))
+            return self._job(self._db, job_id)
 
     def complete_job(self, job_id: str, attempt: int, result_dir: str, now: float) -> bool:
         """Leased at ``attempt`` -> done; False (and no change) for a stale attempt."""
         with self._tx() as db:
-            return db.execute("UPDATE jobs SET state = 'done', result_dir = ?, finished = ?, reason = NULL"
-                              " WHERE job_id = ? AND state = 'leased' AND attempts = ?",
+            return db.execute("UPDATE jobs SET state = 'done', result_dir = ?, finished = ?, reason = NULL,"
+                              " lease_expires = NULL WHERE job_id = ? AND state = 'leased' AND attempts = ?",
                               (result_dir, now, job_id, attempt)).rowcount == 1
 
     def fail_job(self, job_id: str, attempt: int, reason: str, retryable: bool, now: float) -> str | None:
-        """Requeue a retryable failure with attempts left, else 'failed'; returns the new state."""
+        """Requeue a retryable failure with attempts left, else 'failed' (not retryable) or 'dead'
+        (retries exhausted); returns the new state, or None for a stale attempt (no change)."""
         with self._tx() as db:
             row = db.execute("SELECT attempts, max_attempts FROM jobs WHERE job_id = ? AND state = 'leased'"
                              " AND attempts = ?", (job_id, attempt)).fetchone()
             if row is None:
                 return None
             state = "queued" if retryable and row[0] < row[1] else ("dead" if retryable else "failed")
-            db.execute("UPDATE jobs SET state = ?, reason = ?, finished = ? WHERE job_id = ?",
+            db.execute("UPDATE jobs SET state = ?, reason = ?, finished = ?, lease_expires = NULL WHERE job_id = ?",
                        (state, reason, None if state == "queued" else now, job_id))
             return state
 
@@ -361,28 +479,25 @@ class Ledger:
     def requeue_leased_on_start(self) -> int:
         """Jobs leased when the receiver stopped go back to the queue; returns how many."""
         with self._tx() as db:
-            return db.execute("UPDATE jobs SET state = 'queued', worker = NULL WHERE state = 'leased'").rowcount
+            return db.execute("UPDATE jobs SET state = 'queued', worker = NULL, lease_expires = NULL"
+                              " WHERE state = 'leased'").rowcount
 
     def study_jobs(self, study_uid: str) -> list[JobRow]:
-        """Every job of a study's series."""
+        """Every job of a study's series, oldest first."""
         with self._lock:
-            ids = [r[0] for r in self._db.execute(
-                "SELECT j.job_id FROM jobs j JOIN series s ON s.series_uid = j.series_uid WHERE s.study_uid = ?"
-                " ORDER BY j.created", (study_uid,))]
-        return [job for job in map(self.job, ids) if job is not None]
-
-    def final_study_jobs(self, study_uid: str, minimum: int = 1) -> list[JobRow] | None:
-        """The study's jobs once there are ``minimum`` and none is queued or leased, else None."""
-        jobs = self.study_jobs(study_uid)
-        if len(jobs) >= minimum and all(job.state in FINAL_JOB_STATES for job in jobs):
-            return jobs
-        return None
+            rows = self._db.execute(
+                f"SELECT {', '.join('j.' + f.name for f in fields(JobRow))} FROM jobs j"
+                " JOIN series s ON s.series_uid = j.series_uid WHERE s.study_uid = ? ORDER BY j.created, j.job_id",
+                (study_uid,)).fetchall()
+        return [JobRow(*row) for row in rows]
 
     def list_jobs(self, state: str | None = None) -> list[JobRow]:
+        """Every job (in ``state`` when given), oldest first."""
+        where, params = (" WHERE state = ?", (state,)) if state else ("", ())
         with self._lock:
-            query = "SELECT job_id FROM jobs" + (" WHERE state = ?" if state else "") + " ORDER BY created"
-            ids = [r[0] for r in self._db.execute(query, (state,) if state else ())]
-        return [job for job in map(self.job, ids) if job is not None]
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY created, job_id",
+                                    params).fetchall()
+        return [JobRow(*row) for row in rows]
 
     def job_counts(self) -> dict[str, int]:
         """Jobs per state (every state present, zero included)."""
@@ -391,7 +506,7 @@ class Ledger:
         return {state: int(found.get(state, 0)) for state in JOB_STATES}
 
     def status_counts(self) -> dict[str, int]:
-        """What `scanstream status` shows."""
+        """What ``scanstream status`` shows: studies, series, instances, queue depth and job states."""
         jobs = self.job_counts()
         with self._lock:
             studies = self._db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]

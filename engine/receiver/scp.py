@@ -7,6 +7,7 @@ allow-list (1,1,3), more than ``max_associations`` (2,3,2). Handlers live in
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 from pydicom.uid import (
@@ -48,7 +49,12 @@ class ReceiverError(Exception):
 
 
 class ReceiverSCP:
-    """A pynetdicom storage SCP writing to the spool and the ledger."""
+    """A pynetdicom storage SCP writing to the spool and the ledger.
+
+    ``on_instance_stored(series_uid)`` is called on the association thread after the
+    instance is durable (spool fsynced, ledger committed). ``port=0`` binds a free
+    port; :attr:`port` tells which once started. ``max_pdu=0`` means unlimited.
+    """
 
     def __init__(self, ae_title: str, host: str, port: int, spool: Spool, ledger: Ledger,
                  on_instance_stored: Callable[[str], object], *, max_associations: int = 16,
@@ -58,7 +64,6 @@ class ReceiverSCP:
         self.ae_title = ae_title
         self.host = host
         self._port = port
-        spool.max_instance_bytes = max_instance_bytes
         self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes)
         ae = AE(ae_title=ae_title)
         ae.maximum_associations = max_associations
@@ -80,7 +85,9 @@ class ReceiverSCP:
         return self._port
 
     def start(self) -> None:
-        """Listen without blocking; raises :class:`ReceiverError` if the address cannot be bound."""
+        """Listen without blocking; raises :class:`ReceiverError` naming the address if it cannot bind."""
+        if self._server is not None:
+            raise ReceiverError(f"the SCP on {self.host}:{self.port} is already started")
         handlers = [
             (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
             (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
@@ -92,8 +99,17 @@ class ReceiverSCP:
             raise ReceiverError(f"cannot listen for DICOM on {self.host}:{self._port}: {exc.strerror or exc}") from exc
         log.info("scp.listening", ae_title=self.ae_title, host=self.host, port=self.port)
 
-    def stop(self) -> None:
-        """Stop accepting and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting; give open associations ``grace`` seconds to finish, then abort them."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace
+        for assoc in server.active_associations:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+            if assoc.is_alive():
+                log.warning("scp.abort_on_stop", calling_ae=str(assoc.requestor.ae_title).strip())
+                assoc.abort()
+                assoc.join(1.0)
+        log.info("scp.stopped", port=server.server_address[1])

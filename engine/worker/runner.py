@@ -37,6 +37,11 @@ class JobRunner:
         """Names of the models this worker can run."""
         return [spec.name for spec in self._plugins.models.all()]
 
+    def warm_up(self) -> None:
+        """Load every model's network now, so the first job does not pay for it."""
+        for spec in self._plugins.models.all():
+            self._backend(spec)
+
     def _backend(self, spec: ModelSpec) -> TorchBackend:
         with self._lock:
             backend = self._backends.get(spec.name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,6 +62,10 @@ def test_storescu_to_seg(tmp_path: Path, require_storescu: str) -> None:
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         assert dice(seg_mask(folder / "seg.dcm", files), phantom.nodule_mask) >= 0.8
         assert engine.http_status("/metrics") == 200
+        status = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--json", "--config",
+                                 str(engine.data_dir / "scanstream.toml")], capture_output=True, text=True)
+        counts = json.loads(status.stdout)["counts"]
+        assert (counts["studies"], counts["instances"], counts["done"], counts["queue depth"]) == (1, 48, 1, 0)
     assert engine.process.returncode == 0
 
 

@@ -1,10 +1,11 @@
-"""Spool: bytes as received, opaque names, nothing left behind on failure."""
+"""Spool: bytes as received, opaque names, durable writes, nothing left behind on failure."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import pydicom
@@ -12,9 +13,12 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from engine.receiver import spool as spool_module
 from engine.receiver.spool import Spool, SpoolError, encode_file_meta
 
 UID = "1.2.826.0.1.3680043.8.498.1"
+# (0008,0016) SOP Class UID, explicit VR LE, even length: a one-element dataset
+DATASET = b"\x08\x00\x16\x00UI\x1a\x00" + CTImageStorage.encode() + b"\x00"
 
 
 def file_meta() -> FileMetaDataset:
@@ -25,33 +29,74 @@ def file_meta() -> FileMetaDataset:
     return meta
 
 
+def files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
 def test_store_writes_part10_with_the_dataset_bytes_unchanged(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    dataset = b"\x08\x00\x16\x00UI\x1a\x00" + CTImageStorage.encode() + b"\x00"
-    entry = spool.store(encode_file_meta(file_meta()), dataset)
+    entry = spool.store(encode_file_meta(file_meta()), DATASET)
     data = spool.read(entry.name)
-    assert data.endswith(dataset) and data[128:132] == b"DICM"
-    assert entry.sha256 == hashlib.sha256(dataset).hexdigest() and entry.size == len(data)
-    assert UID not in str(spool.path(entry.name))
-    assert pydicom.dcmread(spool.path(entry.name)).file_meta.MediaStorageSOPInstanceUID == UID
+    assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM" and data.endswith(DATASET)
+    assert entry.sha256 == hashlib.sha256(DATASET).hexdigest() and entry.size == len(data)
+    assert entry.path == spool.path(entry.name) == tmp_path / entry.name[:2] / entry.name
+    assert UID not in str(entry.path)
+    ds = pydicom.dcmread(entry.path)
+    assert ds.file_meta.MediaStorageSOPInstanceUID == UID and ds.SOPClassUID == CTImageStorage
+    assert files(tmp_path) == [entry.path]  # no temp file left
     spool.remove(entry.name)
-    assert not spool.path(entry.name).exists()
+    assert not entry.path.exists()
 
 
-def test_size_cap_and_io_errors_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_meta_may_be_given_as_a_dataset_and_names_are_unique(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    first = spool.store(file_meta(), DATASET)
+    second = spool.store(file_meta(), DATASET)
+    assert first.name != second.name and len(first.name) == 32
+    assert spool.read(first.name) == spool.read(second.name)
+
+
+def test_fsyncs_file_and_folder_before_returning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(spool_module.os, "fsync", recording_fsync)
+    entry = Spool(tmp_path).store(file_meta(), DATASET)
+    assert synced[-2].endswith(".part")          # the data, before the rename
+    assert synced[-1] == str(entry.path.parent)  # the rename itself
+
+
+def test_size_cap_refuses_before_writing(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_instance_bytes=2048)
-    with pytest.raises(SpoolError, match="exceeds the cap"):
+    with pytest.raises(SpoolError, match="exceeds the cap of 2048"):
         spool.store(b"", b"x" * 4096)
+    assert files(tmp_path) == []
 
-    def disk_full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", disk_full)
-    with pytest.raises(SpoolError, match="No space left"):
-        spool.store(b"", b"x" * 100)
-    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_io_errors_leave_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    spool = Spool(tmp_path)
+    written: list[int] = []
+    real_fsync = os.fsync
+
+    def failing_fsync(fd: int) -> None:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            return real_fsync(fd)
+        written.append(status.st_size)  # the partial file really exists at this point
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(spool_module.os, "fsync", failing_fsync)
+    with pytest.raises(SpoolError, match=os.strerror(code)):
+        spool.store(file_meta(), b"x" * 100)
+    assert written and written[0] > 100 and files(tmp_path) == []
 
 
 def test_names_are_validated(tmp_path: Path) -> None:
-    with pytest.raises(SpoolError):
-        Spool(tmp_path).path("../../etc/passwd")
+    for bad in ("../../etc/passwd", "A" * 32, "0" * 31, UID):
+        with pytest.raises(SpoolError):
+            Spool(tmp_path).path(bad)

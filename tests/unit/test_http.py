@@ -1,0 +1,42 @@
+"""Health and metrics endpoint."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from engine.http import HealthServer, StatusCollector
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+@pytest.fixture()
+def server():
+    ready = {"value": False}
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(lambda: {"queued": 2, "done": 5}, lambda: 3))
+    server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"])
+    server.start()
+    yield server, ready
+    server.stop()
+
+
+def test_health_readiness_and_metrics(server) -> None:
+    http, ready = server
+    assert get(http.port, "/healthz")[0] == 200
+    assert get(http.port, "/readyz")[0] == 503
+    ready["value"] = True
+    assert get(http.port, "/readyz")[0] == 200
+    code, text = get(http.port, "/metrics")
+    assert code == 200
+    assert 'scanstream_jobs{state="queued"} 2.0' in text and "scanstream_workers_connected 3.0" in text
+    assert get(http.port, "/nope")[0] == 404
