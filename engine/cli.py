@@ -1,4 +1,4 @@
-"""The ``scanstream`` command: serve, receiver, worker, send, demo, plugins, status."""
+"""The ``scanstream`` command: serve, receiver, worker, send, demo, plugins, status, requeue."""
 
 from __future__ import annotations
 
@@ -153,6 +153,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Queue failed or dead-lettered jobs again (a running receiver picks them up within a heartbeat)."""
+    import time
+
+    from engine.receiver.ledger import Ledger
+
+    config = _config(args)
+    if not config.storage.ledger_path.exists():
+        print(f"no ledger at {config.storage.ledger_path}", file=sys.stderr)
+        return 1
+    ledger = Ledger(config.storage.ledger_path)
+    try:
+        missing = [job for job in args.jobs if not ledger.requeue(job, time.time())]
+    finally:
+        ledger.close()
+    for job in missing:
+        print(f"job {job} is not failed or dead-lettered (or does not exist)", file=sys.stderr)
+    print(f"requeued {len(args.jobs) - len(missing)} job(s)")
+    return 0 if not missing else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scanstream", description="Streaming inference engine for imaging devices")
     parser.add_argument("--version", action="version", version=f"scanstream {__version__}")
@@ -189,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", cmd_status, "studies, queue depth, in-flight and failed jobs")
     status.add_argument("--data-dir", type=Path)
     status.add_argument("--json", action="store_true")
+    requeue = add("requeue", cmd_requeue, "queue failed or dead-lettered jobs again")
+    requeue.add_argument("jobs", nargs="+", help="job ids, as `scanstream status` lists them")
+    requeue.add_argument("--data-dir", type=Path)
     return parser
 
 

@@ -70,13 +70,20 @@ class StoreHandler:
         try:
             added = self.ledger.add_instance(meta, entry, calling_ae, time.time(), self.duplicate_policy)
         except sqlite3.Error as exc:
-            self.spool.remove(entry.name)
+            self._discard(entry.name)
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES, f"ledger write failed: {exc}") from exc
         if added.discard is not None:
-            self.spool.remove(added.discard)
+            self._discard(added.discard)
         log.info("instance." + added.outcome.value, study_key=added.study_key, bytes=entry.size,
                  calling_ae=calling_ae, reopened=added.reopened)
         return meta.series_uid if added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED) else None
+
+    def _discard(self, name: str) -> None:
+        """Delete a spool file nobody references; failing leaves an orphan file, never a wrong answer."""
+        try:
+            self.spool.remove(name)
+        except OSError as exc:
+            log.warning("spool.remove_failed", spool_name=name, error=exc.strerror or str(exc))
 
     def _notify(self, series_uid: str) -> None:
         """Tell the assembler; the instance is durable already, so a failure here is logged, not answered."""

@@ -28,6 +28,7 @@ from engine.receiver.spool import SpoolEntry
 
 DuplicatePolicy = Literal["keep_first", "replace"]
 JOB_STATES = ("queued", "leased", "done", "failed", "dead")
+FINAL_JOB_STATES = ("done", "failed", "dead")
 
 # Each step takes the ledger from version i to i + 1; released steps are never edited.
 _MIGRATIONS: tuple[str, ...] = (
@@ -235,7 +236,10 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -291,7 +295,8 @@ class Ledger:
         """Record a spooled instance; a late instance reopens its complete series for a new revision."""
         with self._tx() as db:
             old = db.execute("SELECT i.spool_name, i.sha256, st.study_key FROM instances i"
-                             " JOIN series s ON s.series_uid = i.series_uid JOIN studies st ON st.study_uid = s.study_uid"
+                             " JOIN series s ON s.series_uid = i.series_uid"
+                             " JOIN studies st ON st.study_uid = s.study_uid"
                              " WHERE i.sop_instance_uid = ?", (meta.sop_instance_uid,)).fetchone()
             if old is not None and (old["sha256"] == entry.sha256 or duplicate_policy == "keep_first"):
                 same = old["sha256"] == entry.sha256
@@ -302,9 +307,9 @@ class Ledger:
                       meta.instance_number, meta.position_along_normal(), _orientation_text(meta.image_orientation),
                       meta.images_in_acquisition, meta.number_of_frames, now, calling_ae, meta.sop_instance_uid)
             if old is None:
-                db.execute("INSERT INTO instances (series_uid, sop_class_uid, spool_name, sha256, size, instance_number,"
-                           " position, orientation, images_in_acquisition, number_of_frames, received_at, calling_ae,"
-                           " sop_instance_uid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                db.execute("INSERT INTO instances (series_uid, sop_class_uid, spool_name, sha256, size,"
+                           " instance_number, position, orientation, images_in_acquisition, number_of_frames,"
+                           " received_at, calling_ae, sop_instance_uid) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", values)
                 outcome, discard = AddOutcome.STORED, None
             else:
                 db.execute("UPDATE instances SET series_uid=?, sop_class_uid=?, spool_name=?, sha256=?, size=?,"
@@ -476,6 +481,13 @@ class Ledger:
         """A lease was lost (worker died): queue again, or dead-letter after max attempts."""
         return self.fail_job(job_id, attempt, f"lease lost: {reason}", True, now)
 
+    def requeue(self, job_id: str, now: float) -> bool:
+        """Put a failed or dead-lettered job back in the queue with fresh attempts."""
+        with self._tx() as db:
+            return db.execute("UPDATE jobs SET state = 'queued', attempts = 0, worker = NULL, finished = NULL,"
+                              " reason = 'requeued: ' || COALESCE(reason, '') WHERE job_id = ?"
+                              " AND state IN ('failed', 'dead')", (job_id,)).rowcount == 1
+
     def requeue_leased_on_start(self) -> int:
         """Jobs leased when the receiver stopped go back to the queue; returns how many."""
         with self._tx() as db:
@@ -490,6 +502,13 @@ class Ledger:
                 " JOIN series s ON s.series_uid = j.series_uid WHERE s.study_uid = ? ORDER BY j.created, j.job_id",
                 (study_uid,)).fetchall()
         return [JobRow(*row) for row in rows]
+
+    def final_study_jobs(self, study_uid: str, minimum: int = 1) -> list[JobRow] | None:
+        """The study's jobs once there are ``minimum`` and none is queued or leased, else None."""
+        jobs = self.study_jobs(study_uid)
+        if len(jobs) >= minimum and all(job.state in FINAL_JOB_STATES for job in jobs):
+            return jobs
+        return None
 
     def list_jobs(self, state: str | None = None) -> list[JobRow]:
         """Every job (in ``state`` when given), oldest first."""

@@ -2,13 +2,16 @@
 
 The bytes are walked element by element (headers only) to prove the dataset is
 complete — pydicom's reader stops silently at a cut — then the header up to the
-pixel data is parsed for :class:`InstanceMeta`. A deflated dataset is inflated
-with a size cap first. Every problem raises :class:`InstanceRejected` carrying the
-C-STORE status to answer and a reason safe to log (no patient data).
+pixel data is parsed for :class:`InstanceMeta`. An image SOP class must carry
+pixel data (a dataset cut between two elements looks complete otherwise). A
+deflated dataset is inflated with a size cap first. Every problem raises
+:class:`InstanceRejected` carrying the C-STORE status to answer and a reason safe
+to log (no patient data).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import struct
@@ -69,6 +72,7 @@ class _Walker:
         self.implicit = implicit
         self.order = "<" if little else ">"
         self.pixel_data_length: int | None = None
+        self.has_pixels = False
 
     def _truncated(self, what: str, offset: int) -> InstanceRejected:
         return InstanceRejected(StoreStatus.CANNOT_UNDERSTAND_TRUNCATED, f"dataset ends inside {what} at byte {offset}")
@@ -92,7 +96,8 @@ class _Walker:
             if tag == _ITEM_END and in_item:
                 return pos + 8
             if group == 0xFFFE:
-                raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND, f"unexpected delimiter {BaseTag(tag)} at byte {pos}")
+                raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND,
+                                       f"unexpected delimiter {BaseTag(tag)} at byte {pos}")
             vr = b""
             if implicit:
                 (length,) = struct.unpack_from(self.order + "L", self.data, pos + 4)
@@ -109,8 +114,10 @@ class _Walker:
                 else:
                     (length,) = struct.unpack_from(self.order + "H", self.data, pos + 6)
                     pos += 8
-            if depth == 0 and tag == PIXEL_DATA:
-                self.pixel_data_length = length
+            if depth == 0 and tag in _PIXEL_TAGS:
+                self.has_pixels = True
+                if tag == PIXEL_DATA:
+                    self.pixel_data_length = length
             if length == UNDEFINED_LENGTH:
                 # An undefined-length UN holds an implicit VR little endian sequence (PS3.5 6.2.2).
                 pos = self.items(pos, depth + 1, implicit=implicit or vr == b"UN")
@@ -146,7 +153,16 @@ def _expected_native_pixel_bytes(ds: Dataset) -> int | None:
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled horizontally: Y1 Y2 Cb Cr per two pixels (PS3.3 C.7.6.3.1.2)
     return (rows * columns * frames * samples * bits + 7) // 8
+
+
+@functools.lru_cache(maxsize=256)
+def needs_pixel_data(sop_class_uid: str) -> bool:
+    """Image storage SOP classes, whose Pixel Data is Type 1 (a dataset without it is cut or wrong)."""
+    name = UID(sop_class_uid).name
+    return "Image Storage" in name or name.endswith("Volume Storage")
 
 
 def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -165,7 +181,11 @@ def parse_instance(raw: bytes, transfer_syntax: UID, inflated_cap: int) -> Insta
     except ValueError as exc:
         raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND_HEADER, f"header cannot be read: {exc}") from exc
     except (EOFError, KeyError, struct.error, NotImplementedError) as exc:
-        raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND, f"dataset cannot be parsed ({type(exc).__name__})") from exc
+        raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND,
+                               f"dataset cannot be parsed ({type(exc).__name__})") from exc
+    if not walker.has_pixels and needs_pixel_data(meta.sop_class_uid):
+        raise InstanceRejected(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                               f"no pixel data in an instance of {UID(meta.sop_class_uid).name}")
     if walker.pixel_data_length is not None and not transfer_syntax.is_encapsulated:
         expected = _expected_native_pixel_bytes(header)
         if expected is not None and walker.pixel_data_length < expected:

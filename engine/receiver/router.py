@@ -1,4 +1,8 @@
-"""The router: each model's selector decides which complete series it takes; one job each."""
+"""The router: each model's selector decides which complete series it takes; one job each.
+
+Jobs are keyed by (series, revision, model, model version) in the ledger, so routing
+the same completion twice (a restart, a repeated call) creates nothing new.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,9 @@ log = get_logger(__name__)
 
 
 class Router:
-    """Creates jobs for a completed series revision (idempotent through the ledger's unique key)."""
+    """Creates jobs for a completed series revision and wakes the broker when it did."""
 
-    def __init__(self, ledger: Ledger, models: ModelRegistry, on_jobs_queued: Callable[[], None], *,
+    def __init__(self, ledger: Ledger, models: ModelRegistry, on_jobs_queued: Callable[[], object], *,
                  max_attempts: int = 3) -> None:
         self._ledger = ledger
         self._models = models
@@ -23,16 +27,17 @@ class Router:
         self._max_attempts = max_attempts
 
     def route(self, series_uid: str, revision: int) -> list[str]:
-        """Queue one job per model that takes the series; returns the new job ids."""
+        """Queue one job per model that takes the series; returns the ids of jobs created now."""
         info = self._ledger.series_info(series_uid)
         selected = self._models.select(info)
         series_key = self._ledger.series_key(series_uid)
         if not selected:
-            log.info("series.unrouted", series_key=series_key, modality=info.modality, instances=info.instance_count)
+            log.info("series.unrouted", series_key=series_key, revision=revision, modality=info.modality,
+                     instances=info.instance_count)
             return []
+        now = time.time()
         created = [job for job in (
-            self._ledger.create_job(series_uid, revision, spec.name, spec.version, time.time(),
-                                    max_attempts=self._max_attempts)
+            self._ledger.create_job(series_uid, revision, spec.name, spec.version, now, max_attempts=self._max_attempts)
             for spec in selected) if job is not None]
         if created:
             log.info("jobs.queued", series_key=series_key, revision=revision, jobs=len(created),

@@ -29,10 +29,9 @@ class SpoolError(Exception):
 
 @dataclass(frozen=True)
 class SpoolEntry:
-    """A stored instance: opaque name, its file, the file's size, and the SHA-256 of the dataset bytes."""
+    """A stored instance: opaque name (its file is ``Spool.path(name)``), file size, SHA-256 of the dataset bytes."""
 
     name: str
-    path: Path
     size: int
     sha256: str
 
@@ -92,7 +91,7 @@ class Spool:
             final.unlink(missing_ok=True)
             raise SpoolError(f"spool write failed: {exc.strerror or exc}") from exc
         size = len(PREAMBLE) + len(meta_bytes) + len(dataset)
-        return SpoolEntry(name=name, path=final, size=size, sha256=hashlib.sha256(dataset).hexdigest())
+        return SpoolEntry(name=name, size=size, sha256=hashlib.sha256(dataset).hexdigest())
 
     def read(self, name: str) -> bytes:
         """The whole Part-10 file."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import torch
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
@@ -28,18 +30,34 @@ def registry() -> ModelRegistry:
     return models
 
 
-def test_routes_each_taking_model_once(tmp_path: Path) -> None:
+@pytest.fixture()
+def ledger(tmp_path: Path):
     ledger = Ledger(tmp_path / "l.sqlite")
     for series, modality in (("1.2.3", "CT"), ("1.2.4", "US")):
         ledger.add_instance(InstanceMeta("1.2", series, f"{series}.1", "1.2.840.10008.5.1.4.1.1.2",
-                                         modality=modality), SpoolEntry(f"n{series}", 1, series), "CT1", 1.0)
-    wakeups = []
-    router = Router(ledger, registry(), lambda: wakeups.append(1))
+                                         modality=modality),
+                            SpoolEntry(f"n{series}", 1, series), "CT1", 1.0)
+    yield ledger
+    ledger.close()
+
+
+def test_routes_each_taking_model_once(ledger: Ledger) -> None:
+    wakeups: list[int] = []
+    router = Router(ledger, registry(), lambda: wakeups.append(1), max_attempts=5)
     jobs = router.route("1.2.3", 1)
     assert len(jobs) == 2 and wakeups == [1]
-    assert {ledger.job(j).model for j in jobs} == {"ct-a", "ct-b"}
-    assert router.route("1.2.3", 1) == [] and wakeups == [1]   # idempotent
-    assert len(router.route("1.2.3", 2)) == 2                     # a new revision is a new job version
-    assert router.route("1.2.4", 1) == []                          # nobody takes US: stored, not an error
-    assert ledger.series("1.2.4") is not None
-    ledger.close()
+    assert {(ledger.job(j).model, ledger.job(j).series_revision, ledger.job(j).max_attempts) for j in jobs} == \
+        {("ct-a", 1, 5), ("ct-b", 1, 5)}
+    assert router.route("1.2.3", 1) == [] and wakeups == [1]     # idempotent: no job, no wake-up
+    assert len(ledger.list_jobs()) == 2
+    assert len(router.route("1.2.3", 2)) == 2 and wakeups == [1, 1]  # a new revision is a new job version
+
+
+def test_series_no_model_takes_is_kept_and_logged(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    wakeups: list[int] = []
+    router = Router(ledger, registry(), lambda: wakeups.append(1))
+    with caplog.at_level(logging.INFO, logger="engine.receiver.router"):
+        assert router.route("1.2.4", 1) == []
+    assert [r.getMessage() for r in caplog.records] == ["series.unrouted"]
+    assert "1.2.4" not in str(caplog.records[0].__dict__.get("fields"))  # opaque key, not the UID
+    assert wakeups == [] and ledger.series("1.2.4") is not None and ledger.list_jobs() == []

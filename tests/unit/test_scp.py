@@ -1,207 +1,557 @@
-"""The storage SCP against real clients: DCMTK storescu and pynetdicom's SCU.
+"""The storage SCP against real clients: DCMTK storescu and pynetdicom's SCU, real spool and SQLite ledger.
 
-Statuses follow DESIGN.md's table; rejected instances leave nothing in spool or ledger.
+Small CT series are built here with pydicom. Rejected instances leave nothing in spool or ledger.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
+import os
+import socket
+import stat
+import subprocess
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pynetdicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
-from pynetdicom import AE, build_context
-from pynetdicom.sop_class import CTImageStorage, Verification
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    generate_uid,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
 
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.api import ModelRegistry, ModelResult, ModelSpec
 from engine.ports import free_port
+from engine.receiver import spool as spool_module
+from engine.receiver.assembler import Assembler
 from engine.receiver.ledger import Ledger
-from engine.receiver.scp import ReceiverSCP
-from engine.receiver.spool import Spool, SpoolError
-from engine.receiver.statuses import StoreStatus
+from engine.receiver.router import Router
+from engine.receiver.scp import ReceiverError, ReceiverSCP
+from engine.receiver.spool import Spool
+from engine.receiver.statuses import (
+    CALLED_AE_NOT_RECOGNISED,
+    CALLING_AE_NOT_RECOGNISED,
+    LOCAL_LIMIT_EXCEEDED,
+    Rejection,
+    RejectResult,
+    StoreStatus,
+)
 from engine.testing import storescu
-from tests.unit.factories import ct_slice
+
+AET = "SCANSTREAM"
+PATIENT_ID, PATIENT_NAME = "SECRET-ID-123", "Secret^Patient"
 
 
-class FullSpool(Spool):
-    """A spool whose disk is full (the SCP's own unit test: only the spool is replaced)."""
+# -- test data ---------------------------------------------------------------------------
 
-    def store(self, meta_bytes, dataset):
-        raise SpoolError("spool write failed: No space left on device")
+def ct_series(count: int, *, expected: bool = True, size: int = 16, study_uid: str | None = None,
+              series_uid: str | None = None) -> list[Dataset]:
+    """A tiny axial CT series (2.5 mm apart), ``ImagesInAcquisition`` = count when ``expected``."""
+    study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
+    rng = np.random.default_rng(count)
+    datasets = []
+    for index in range(count):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[series_uid])
+        ds.PatientID, ds.PatientName, ds.PatientBirthDate = PATIENT_ID, PATIENT_NAME, "19700101"
+        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "CT", "CHEST", "unit"
+        ds.InstanceNumber = index + 1
+        if expected:
+            ds.ImagesInAcquisition = count
+        ds.ImagePositionPatient = [-10.0, -10.0, -50.0 + 2.5 * index]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [1.25, 1.25], 2.5
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+        datasets.append(ds)
+    return datasets
 
 
-@pytest.fixture(autouse=True)
-def send_files_as_stored(monkeypatch: pytest.MonkeyPatch) -> None:
-    """pynetdicom sends a file's bytes as they are, command UIDs from its file meta."""
-    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+_DCMTK_WRITERS = {  # syntaxes pydicom does not write: DCMTK converts the explicit VR LE file
+    ImplicitVRLittleEndian: ["dcmconv", "+ti"],
+    ExplicitVRBigEndian: ["dcmconv", "+tb"],
+    JPEGLosslessSV1: ["dcmcjpeg", "+e1"],
+}
 
 
-@pytest.fixture()
-def scp_factory(tmp_path: Path):
-    started: list[tuple[ReceiverSCP, Ledger]] = []
-
-    def make(spool_class=Spool, **options) -> tuple[ReceiverSCP, Ledger, Spool, list[str]]:
-        ledger = Ledger(tmp_path / "ledger.sqlite")
-        spool = spool_class(tmp_path / "spool")
-        stored: list[str] = []
-        scp = ReceiverSCP("SCANSTREAM", "127.0.0.1", free_port(), spool, ledger, stored.append, **options)
-        scp.start()
-        started.append((scp, ledger))
-        return scp, ledger, spool, stored
-
-    yield make
-    for scp, ledger in started:
-        scp.stop()
-        ledger.close()
-
-
-def write(tmp_path: Path, data: bytes, name: str) -> Path:
-    path = tmp_path / name
-    path.write_bytes(data)
+def write(ds: Dataset, path: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
+    """Save ``ds`` as a Part-10 file in ``syntax``."""
+    if syntax in _DCMTK_WRITERS:
+        plain = write(ds, path.with_suffix(".plain"))
+        subprocess.run([*_DCMTK_WRITERS[syntax], str(plain), str(path)], check=True, capture_output=True)
+        return path
+    ds = pydicom.dcmread(io.BytesIO(_bytes(ds)))  # a copy
+    if syntax in (RLELossless, JPEG2000Lossless, JPEGLSLossless):
+        ds.compress(syntax, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
     return path
 
 
-def send_path(port: int, path: Path, transfer_syntax: str | None = None) -> int:
-    """C-STORE a file as stored (pynetdicom reads command UIDs from the file meta)."""
-    meta = pydicom.dcmread(path, stop_before_pixels=True)
-    ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(CTImageStorage, transfer_syntax or meta.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", port, ae_title="SCANSTREAM")
+def _bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_series(datasets: list[Dataset], folder: Path, syntax: str = ExplicitVRLittleEndian) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write(ds, folder / f"{i:03}.dcm", syntax) for i, ds in enumerate(datasets)]
+
+
+def dataset_part(path: Path) -> bytes:
+    """The bytes after the file meta group (what travels in the C-STORE)."""
+    data = path.read_bytes()
+    meta_length = int(pydicom.dcmread(path, stop_before_pixels=True).file_meta.FileMetaInformationGroupLength)
+    return data[132 + 12 + meta_length:]
+
+
+def spool_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+# -- the receiver under test ---------------------------------------------------------------
+
+class _Handler:
+    def preprocess(self, volume):
+        return torch.zeros(1)
+
+    def postprocess(self, output, volume):
+        return ModelResult(summary="")
+
+
+class Receiver:
+    """SCP + spool + ledger, with the real assembler and router behind ``on_instance_stored``."""
+
+    def __init__(self, root: Path, spool: Spool | None = None, idle_timeout: float = 60.0, **options) -> None:
+        self.root = root
+        root.mkdir(parents=True)
+        self.ledger = Ledger(root / "ledger.sqlite")
+        self.spool = spool or Spool(root / "spool")
+        models = ModelRegistry()
+        models.add(ModelSpec(name="ct-model", version="1", description="", selector=lambda s: s.modality == "CT",
+                             load_network=torch.nn.Identity, handler=_Handler()))
+        self.router = Router(self.ledger, models, lambda: None)
+        self.completed: list[tuple[str, int]] = []
+        self.assembler = Assembler(self.ledger, self._complete, idle_timeout=idle_timeout)
+        self.stored: list[str] = []
+        self.scp = ReceiverSCP(AET, "127.0.0.1", 0, self.spool, self.ledger, self._stored, **options)
+        self.scp.start()
+
+    def _stored(self, series_uid: str) -> None:
+        self.stored.append(series_uid)
+        self.assembler.check(series_uid, time.time())
+
+    def _complete(self, series_uid: str, revision: int) -> None:
+        self.completed.append((series_uid, revision))
+        self.router.route(series_uid, revision)
+
+    @property
+    def instances(self) -> int:
+        return self.ledger.status_counts()["instances"]
+
+    def close(self) -> None:
+        self.scp.stop()
+        self.ledger.close()
+
+
+@pytest.fixture()
+def receiver_factory(tmp_path: Path):
+    made: list[Receiver] = []
+
+    def make(**options) -> Receiver:
+        receiver = Receiver(tmp_path / f"r{len(made)}", **options)
+        made.append(receiver)
+        return receiver
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+@pytest.fixture()
+def receiver(receiver_factory) -> Receiver:
+    return receiver_factory()
+
+
+@pytest.fixture()
+def send_files_as_stored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom then sends a file's dataset bytes unchanged, command UIDs taken from its file meta."""
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+def send(port: int, item: Path | Dataset, calling_aet: str = "PYSCU") -> int:
+    """C-STORE one file or dataset with pynetdicom; returns the status."""
+    syntax = (pydicom.dcmread(item, stop_before_pixels=True) if isinstance(item, Path) else item).file_meta \
+        .TransferSyntaxUID
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(CTImageStorage, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AET)
     assert assoc.is_established
     try:
-        return int(assoc.send_c_store(path).Status)
+        return int(assoc.send_c_store(item).Status)
     finally:
         assoc.release()
 
 
-def dataset_part(path: Path) -> bytes:
-    """The bytes after the file meta group."""
-    data = path.read_bytes()
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
-    return data[meta_end:]
-
-
-def test_storescu_series_lands_in_spool_and_ledger(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, spool, stored = scp_factory()
-    files = write_ct_series(generate_ct_phantom(1, slices=4, size=32), tmp_path / "s")
-    result = storescu(files, scp.port)
-    assert result.returncode == 0, result.stderr
-    ds = pydicom.dcmread(files[0])
-    rows = ledger.series_instances(str(ds.SeriesInstanceUID))
-    assert len(rows) == 4 and len(stored) == 4
-    by_uid = {row.sop_instance_uid: row.spool_name for row in rows}
-    spooled = spool.path(by_uid[str(ds.SOPInstanceUID)])
-    assert str(ds.SOPInstanceUID) not in str(spooled) and "Phantom" not in str(spooled)
-    assert spooled.read_bytes().endswith(dataset_part(files[0]))
-
-
-@pytest.mark.parametrize("syntax, flag", [(JPEG2000Lossless, "-xv"), (RLELossless, "-xr")])
-def test_storescu_compressed_syntaxes(tmp_path: Path, scp_factory, syntax: str, flag: str) -> None:
-    scp, ledger, spool, _ = scp_factory()
-    files = write_ct_series(generate_ct_phantom(2, slices=2, size=32), tmp_path / "s", transfer_syntax=syntax)
-    assert storescu(files, scp.port, extra_args=(flag,)).returncode == 0
-    row = ledger.series_instances(str(pydicom.dcmread(files[0]).SeriesInstanceUID))[0]
-    assert pydicom.dcmread(spool.path(row.spool_name)).file_meta.TransferSyntaxUID == syntax
-
-
-def test_deflated_dataset_is_parsed_and_stored_as_received(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, spool, _ = scp_factory()
-    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 5, size=64)))
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    path = tmp_path / "deflated.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    assert send_path(scp.port, path) == StoreStatus.SUCCESS
-    (row,) = ledger.series_instances(str(ds.SeriesInstanceUID))
-    assert spool.read(row.spool_name).endswith(dataset_part(path))
-    assert pydicom.dcmread(spool.path(row.spool_name)).pixel_array.max() == 5
-
-
-def test_same_instance_twice_is_one_row(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, spool, stored = scp_factory()
-    path = write(tmp_path, ct_slice(0.0, 1), "a.dcm")
-    assert send_path(scp.port, path) == StoreStatus.SUCCESS
-    assert send_path(scp.port, path) == StoreStatus.SUCCESS
-    assert ledger.status_counts()["instances"] == 1 and len(stored) == 1
-    assert len([p for p in (tmp_path / "spool").rglob("*") if p.is_file()]) == 1
-
-
-def test_uid_mismatch_between_command_and_dataset_is_a900(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, _, _ = scp_factory()
-    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1)))
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()   # the command takes this one
-    path = tmp_path / "mismatch.dcm"
-    ds.save_as(path, enforce_file_format=False)
-    assert send_path(scp.port, path) == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
-    assert ledger.status_counts()["instances"] == 0
-
-
-@pytest.mark.parametrize("bad_uid", ["1.2.840.../x", "1." + "2" * 70, "1.2.abc", "1.02.3"])
-def test_unsafe_uids_are_a900(tmp_path: Path, scp_factory, bad_uid: str) -> None:
-    scp, ledger, _, _ = scp_factory()
-    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1)))
-    ds.SeriesInstanceUID = bad_uid
-    path = tmp_path / "unsafe.dcm"
-    ds.save_as(path, enforce_file_format=False)
-    assert send_path(scp.port, path) == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
-    assert ledger.status_counts()["instances"] == 0 and not list((tmp_path / "spool").rglob("*.part"))
-
-
-def test_truncated_pixel_data_is_c001(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, _, _ = scp_factory()
-    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1, size=16)))
-    ds.PixelData = ds.PixelData[:100]
-    path = tmp_path / "truncated.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    assert send_path(scp.port, path) == StoreStatus.CANNOT_UNDERSTAND_TRUNCATED
-    assert ledger.status_counts()["instances"] == 0
-
-
-def test_disk_full_is_a700_and_nothing_recorded(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, _, stored = scp_factory(spool_class=FullSpool)
-    assert send_path(scp.port, write(tmp_path, ct_slice(0.0, 1), "a.dcm")) == StoreStatus.OUT_OF_RESOURCES
-    assert ledger.status_counts()["instances"] == 0 and stored == []
-
-
-def test_size_cap_is_a700(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, _, _ = scp_factory(max_instance_bytes=4096)
-    big = write(tmp_path, ct_slice(0.0, 1, size=128), "big.dcm")
-    assert send_path(scp.port, big) == StoreStatus.OUT_OF_RESOURCES
-    assert ledger.status_counts()["instances"] == 0
-
-
-def test_wrong_called_ae_and_unknown_calling_ae_are_rejected(tmp_path: Path, scp_factory) -> None:
-    scp, _, _, _ = scp_factory(allowed_calling_aets=["CT1"])
-    path = write(tmp_path, ct_slice(0.0, 1), "a.dcm")
-    wrong_called = storescu([path], scp.port, called_aet="NOTME", calling_aet="CT1")
-    assert wrong_called.returncode != 0
-    assert "Called AE Title Not Recognized" in wrong_called.stderr + wrong_called.stdout
-    stranger = storescu([path], scp.port, calling_aet="STRANGER")
-    assert "Calling AE Title Not Recognized" in stranger.stderr + stranger.stdout
-    assert storescu([path], scp.port, calling_aet="CT1").returncode == 0
-
-
-def test_association_over_the_limit_is_rejected_and_echo_answers(scp_factory) -> None:
-    scp, _, _, _ = scp_factory(max_associations=1)
+def send_many(port: int, datasets: list[Dataset]) -> list[int]:
+    """C-STORE several datasets over one pynetdicom association; returns their statuses."""
     ae = AE(ae_title="PYSCU")
-    ae.add_requested_context(Verification)
-    first = ae.associate("127.0.0.1", scp.port, ae_title="SCANSTREAM")
-    assert first.is_established and first.send_c_echo().Status == StoreStatus.SUCCESS
-    second = ae.associate("127.0.0.1", scp.port, ae_title="SCANSTREAM")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AET)
+    assert assoc.is_established
     try:
-        assert second.is_rejected
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
     finally:
-        first.release()
-    again = ae.associate("127.0.0.1", scp.port, ae_title="SCANSTREAM")
-    assert again.is_established
+        assoc.release()
+
+
+# -- storescu delivers series -----------------------------------------------------------------
+
+def test_storescu_series_is_stored_as_sent_and_completes_on_the_last_slice(tmp_path: Path, receiver: Receiver,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    datasets = ct_series(5)
+    files = write_series(datasets, tmp_path / "s")
+    with caplog.at_level(logging.INFO, logger="engine"):
+        result = storescu(files, receiver.scp.port, extra_args=("-xe",))
+    assert result.returncode == 0, result.stdout + result.stderr
+    series_uid = str(datasets[0].SeriesInstanceUID)
+    rows = {row.sop_instance_uid: row for row in receiver.ledger.series_instances(series_uid)}
+    assert len(rows) == 5 and receiver.stored == [series_uid] * 5
+    for ds, path in zip(datasets, files):
+        row = rows[str(ds.SOPInstanceUID)]
+        stored = receiver.spool.path(row.spool_name)
+        assert stored.read_bytes().endswith(dataset_part(path))  # the dataset exactly as sent
+        assert str(ds.SOPInstanceUID) not in str(stored) and series_uid not in str(stored)
+        assert pydicom.dcmread(stored).file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    # complete as soon as the fifth slice was stored: no tick ran, no idle wait
+    assert receiver.completed == [(series_uid, 1)]
+    assert receiver.ledger.series(series_uid).completion_reason == "geometry"
+    assert [job.model for job in receiver.ledger.list_jobs("queued")] == ["ct-model"]
+    events = [r.getMessage() for r in caplog.records]
+    assert events.count("instance.stored") == 5 and "assoc.accepted" in events and "assoc.released" in events
+    stored_line = next(r for r in caplog.records if r.getMessage() == "instance.stored").__dict__["fields"]
+    assert stored_line["study_key"].startswith("st_") and stored_line["calling_ae"] == "STORESCU"
+    assert stored_line["bytes"] > 512
+    logged = " ".join(str(r.__dict__.get("fields", "")) + r.getMessage() for r in caplog.records)
+    for secret in (PATIENT_ID, PATIENT_NAME, "19700101", series_uid, str(datasets[0].StudyInstanceUID)):
+        assert secret not in logged
+
+
+@pytest.mark.parametrize("syntax, flag", [
+    (ImplicitVRLittleEndian, "-xi"),
+    (ExplicitVRBigEndian, "-xb"),
+    (DeflatedExplicitVRLittleEndian, "-xd"),
+    (RLELossless, "-xr"),
+    (JPEGLosslessSV1, "-xs"),
+    (JPEGLSLossless, "-xt"),
+    (JPEG2000Lossless, "-xv"),
+])
+def test_storescu_transfer_syntaxes(tmp_path: Path, receiver: Receiver, syntax: str, flag: str) -> None:
+    datasets = ct_series(2, size=64)  # 64 x 64: the smallest JPEG 2000 with default resolution levels
+    files = write_series(datasets, tmp_path / "s", syntax)
+    result = storescu(files, receiver.scp.port, extra_args=(flag, "-R"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = receiver.ledger.series_instances(str(datasets[0].SeriesInstanceUID))
+    assert len(rows) == 2 and receiver.completed
+    by_uid = {row.sop_instance_uid: row.spool_name for row in rows}
+    for ds, path in zip(datasets, files):
+        name = by_uid[str(ds.SOPInstanceUID)]
+        stored = pydicom.dcmread(receiver.spool.path(name))
+        assert stored.file_meta.TransferSyntaxUID == syntax
+        assert receiver.spool.read(name).endswith(dataset_part(path))  # byte for byte as sent
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)
+
+
+def test_deflated_dataset_from_pynetdicom_is_parsed_and_stored_as_received(tmp_path: Path, receiver: Receiver,
+                                                                           send_files_as_stored: None) -> None:
+    (ds,) = ct_series(1, size=64)
+    path = write(ds, tmp_path / "deflated.dcm", DeflatedExplicitVRLittleEndian)
+    assert send(receiver.scp.port, path) == StoreStatus.SUCCESS
+    (row,) = receiver.ledger.series_instances(str(ds.SeriesInstanceUID))
+    assert receiver.spool.read(row.spool_name).endswith(dataset_part(path))
+    assert np.array_equal(pydicom.dcmread(receiver.spool.path(row.spool_name)).pixel_array, ds.pixel_array)
+
+
+# -- duplicates, late instances, idle series -----------------------------------------------------
+
+def test_same_instance_twice_is_one_row_and_no_new_job(tmp_path: Path, receiver: Receiver) -> None:
+    (ds,) = ct_series(1)
+    path = write(ds, tmp_path / "a.dcm")
+    assert send(receiver.scp.port, path) == StoreStatus.SUCCESS
+    assert len(receiver.ledger.list_jobs()) == 1
+    assert send(receiver.scp.port, path) == StoreStatus.SUCCESS
+    assert receiver.instances == 1 and len(spool_files(receiver.spool.root)) == 1
+    assert receiver.stored == [str(ds.SeriesInstanceUID)]  # the duplicate changed nothing
+    assert len(receiver.ledger.list_jobs()) == 1 and receiver.ledger.series(str(ds.SeriesInstanceUID)).revision == 1
+
+
+def test_late_instance_reopens_the_series_and_runs_revision_2(tmp_path: Path, receiver: Receiver) -> None:
+    datasets = ct_series(3)
+    assert storescu(write_series(datasets, tmp_path / "s"), receiver.scp.port).returncode == 0
+    series_uid = str(datasets[0].SeriesInstanceUID)
+    assert receiver.completed == [(series_uid, 1)]
+    (late,) = ct_series(1, study_uid=str(datasets[0].StudyInstanceUID), series_uid=series_uid)
+    late.ImagePositionPatient = [-10.0, -10.0, -50.0 + 2.5 * 3]
+    assert send(receiver.scp.port, late) == StoreStatus.SUCCESS
+    assert receiver.ledger.series(series_uid).state == "open"  # 4 slices of an acquisition of 3: wait
+    assert receiver.assembler.tick(time.time() + 61.0) == 1
+    assert receiver.completed == [(series_uid, 1), (series_uid, 2)]
+    assert receiver.ledger.series(series_uid).completion_reason == "idle"
+    assert sorted(job.series_revision for job in receiver.ledger.list_jobs()) == [1, 2]
+
+
+def test_series_without_images_in_acquisition_completes_when_idle(tmp_path: Path, receiver_factory) -> None:
+    receiver = receiver_factory(idle_timeout=0.5)
+    datasets = ct_series(3, expected=False)
+    assert storescu(write_series(datasets, tmp_path / "s"), receiver.scp.port).returncode == 0
+    series_uid = str(datasets[0].SeriesInstanceUID)
+    assert receiver.completed == [] and receiver.ledger.series(series_uid).state == "open"
+    receiver.assembler.start(tick=0.05)
+    try:
+        deadline = time.monotonic() + 10.0
+        while not receiver.completed and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        receiver.assembler.stop()
+    assert receiver.completed == [(series_uid, 1)]
+    assert receiver.ledger.series(series_uid).completion_reason == "idle"
+
+
+def test_concurrent_associations_complete_the_series_exactly_once(receiver: Receiver) -> None:
+    datasets = ct_series(12)
+    statuses: list[int] = []
+
+    def sender(part: list[Dataset]) -> None:
+        statuses.extend(send_many(receiver.scp.port, part))
+
+    threads = [threading.Thread(target=sender, args=(datasets[k::4],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    series_uid = str(datasets[0].SeriesInstanceUID)
+    assert statuses == [StoreStatus.SUCCESS] * 12
+    assert receiver.ledger.series(series_uid).instance_count == 12
+    assert receiver.completed == [(series_uid, 1)] and len(receiver.ledger.list_jobs()) == 1
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+def test_uid_mismatch_between_command_and_dataset_is_a900(tmp_path: Path, receiver: Receiver,
+                                                          send_files_as_stored: None) -> None:
+    (ds,) = ct_series(1)
+    path = write(ds, tmp_path / "mismatch.dcm")
+    uid = str(ds.SOPInstanceUID).encode()
+    other = uid[:-1] + str((int(uid[-1:]) + 1) % 10).encode()
+    data = path.read_bytes()
+    path.write_bytes(data.replace(uid, other, 1))  # the file meta's copy, which the command carries
+    assert pydicom.dcmread(path).file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID
+    assert send(receiver.scp.port, path) == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert receiver.instances == 0 and spool_files(receiver.spool.root) == []
+
+
+# pydicom (sender and receiver side) warns about the malformed values these tests send on purpose
+MALFORMED_VALUES = pytest.mark.filterwarnings("ignore:Invalid value for VR", "ignore:The value length",
+                                               "ignore:Expected explicit VR")
+
+
+@MALFORMED_VALUES
+@pytest.mark.parametrize("keyword, bad_uid", [
+    ("SeriesInstanceUID", "1.2.../../x"),
+    ("SeriesInstanceUID", "1." + "2" * 63),  # 65 characters
+    ("StudyInstanceUID", "1.2.abc"),
+    ("StudyInstanceUID", "1.02.3"),
+    ("SOPInstanceUID", "1.2..3"),  # the command carries the same unsafe UID
+])
+def test_unsafe_uids_are_a900(tmp_path: Path, receiver: Receiver, send_files_as_stored: None,
+                              keyword: str, bad_uid: str) -> None:
+    (ds,) = ct_series(1)
+    setattr(ds, keyword, bad_uid)
+    if keyword == "SOPInstanceUID":
+        ds.file_meta.MediaStorageSOPInstanceUID = bad_uid
+    path = tmp_path / "unsafe.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert send(receiver.scp.port, path) == StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert receiver.instances == 0 and spool_files(receiver.spool.root) == []
+
+
+def test_short_pixel_data_is_c001(tmp_path: Path, receiver: Receiver, send_files_as_stored: None) -> None:
+    (ds,) = ct_series(1)
+    ds.PixelData = ds.PixelData[:100]
+    path = tmp_path / "short.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert send(receiver.scp.port, path) == StoreStatus.CANNOT_UNDERSTAND_TRUNCATED
+    assert receiver.instances == 0 and spool_files(receiver.spool.root) == []
+
+
+@pytest.mark.parametrize("inside", ["pixel value", "pixel header"])
+def test_dataset_cut_short_is_c001(tmp_path: Path, receiver: Receiver, send_files_as_stored: None,
+                                   inside: str) -> None:
+    (ds,) = ct_series(1)
+    path = write(ds, tmp_path / "a.dcm")
+    data = path.read_bytes()
+    pixel_header_at = len(data) - len(ds.PixelData) - 12  # (7FE0,0010) OW: 12-byte header, then the value
+    path.write_bytes(data[:-5] if inside == "pixel value" else data[:pixel_header_at + 6])
+    assert send(receiver.scp.port, path) == StoreStatus.CANNOT_UNDERSTAND_TRUNCATED
+    assert receiver.instances == 0 and spool_files(receiver.spool.root) == []
+
+
+@MALFORMED_VALUES
+def test_malformed_header_value_is_c003(tmp_path: Path, receiver: Receiver, send_files_as_stored: None) -> None:
+    (ds,) = ct_series(1)
+    path = write(ds, tmp_path / "a.dcm")
+    data = path.read_bytes()
+    # InstanceNumber (0020,0013) IS "1 " -> "x ": the element stays well-formed, its value is not a number
+    marker = b"\x20\x00\x13\x00IS\x02\x001 "
+    assert data.count(marker) == 1
+    path.write_bytes(data.replace(marker, b"\x20\x00\x13\x00IS\x02\x00x "))
+    assert send(receiver.scp.port, path) == StoreStatus.CANNOT_UNDERSTAND_HEADER
+    assert receiver.instances == 0
+
+
+@MALFORMED_VALUES
+def test_garbage_is_c000(tmp_path: Path, receiver: Receiver, send_files_as_stored: None) -> None:
+    (ds,) = ct_series(1)
+    path = write(ds, tmp_path / "a.dcm")
+    data = path.read_bytes()
+    meta_end = len(data) - len(dataset_part(path))
+    path.write_bytes(data[:meta_end] + b"\x08\x00\x16\x00\x01\x02" + data[meta_end + 6:])  # a VR of bytes 01 02
+    assert send(receiver.scp.port, path) == StoreStatus.CANNOT_UNDERSTAND
+    assert receiver.instances == 0
+
+
+def test_disk_full_is_a700_and_leaves_no_partial_file(tmp_path: Path, receiver: Receiver,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fsync, partial = os.fsync, []
+
+    def disk_full(fd: int) -> None:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            return real_fsync(fd)
+        partial.append(status.st_size)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_module.os, "fsync", disk_full)
+    (ds,) = ct_series(1)
+    assert send(receiver.scp.port, ds) == StoreStatus.OUT_OF_RESOURCES
+    assert partial and partial[0] > 512  # the file was written, then the disk filled up
+    assert receiver.instances == 0 and receiver.stored == [] and spool_files(receiver.spool.root) == []
+
+
+def test_size_cap_is_a700(receiver_factory) -> None:
+    receiver = receiver_factory(max_instance_bytes=4096)
+    (small,) = ct_series(1, size=16)
+    (big,) = ct_series(1, size=128)
+    assert send(receiver.scp.port, big) == StoreStatus.OUT_OF_RESOURCES
+    assert send(receiver.scp.port, small) == StoreStatus.SUCCESS
+    assert receiver.instances == 1
+
+
+def test_failing_callback_does_not_change_the_answer(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+
+    def broken(series_uid: str) -> None:
+        raise RuntimeError("assembler down")
+
+    scp = ReceiverSCP(AET, "127.0.0.1", 0, Spool(tmp_path / "spool"), ledger, broken)
+    scp.start()
+    try:
+        assert send(scp.port, ct_series(1)[0]) == StoreStatus.SUCCESS
+        assert ledger.status_counts()["instances"] == 1
+    finally:
+        scp.stop()
+        ledger.close()
+
+
+# -- associations -----------------------------------------------------------------------------------
+
+def associate(port: int, calling: str = "PYSCU", called: str = AET) -> tuple[pynetdicom.association.Association,
+                                                                             Rejection | None]:
+    """Request an association; returns it and the rejection the SCP answered, if any."""
+    answers: list = []
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called,
+                         evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))])
+    rejected = [p for p in answers if getattr(p, "result", None) in tuple(RejectResult)]
+    if not rejected:
+        return assoc, None
+    return assoc, Rejection(rejected[0].result, rejected[0].result_source, rejected[0].diagnostic)
+
+
+def test_wrong_called_ae_and_unknown_calling_ae_are_rejected(tmp_path: Path, receiver_factory,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    receiver = receiver_factory(allowed_calling_aets=["CT1", "STORESCU"])
+    with caplog.at_level(logging.INFO, logger="engine.receiver.handlers"):
+        assert associate(receiver.scp.port, calling="CT1", called="NOTME")[1] == CALLED_AE_NOT_RECOGNISED
+    (line,) = [r.__dict__["fields"] for r in caplog.records if r.getMessage() == "assoc.rejected"]
+    assert (line["calling_ae"], line["called_ae"]) == ("CT1", "NOTME") and line["address"].startswith("127.0.0.1:")
+    assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
+    assoc, rejection = associate(receiver.scp.port, calling="CT1")
+    assert rejection is None and assoc.is_established
+    assoc.release()
+    path = write(ct_series(1)[0], tmp_path / "a.dcm")
+    wrong = storescu([path], receiver.scp.port, called_aet="NOTME")
+    assert wrong.returncode != 0 and "Called AE Title Not Recognized" in wrong.stdout + wrong.stderr
+    stranger = storescu([path], receiver.scp.port, calling_aet="STRANGER")
+    assert stranger.returncode != 0 and "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
+    assert receiver.instances == 0
+    assert storescu([path], receiver.scp.port).returncode == 0 and receiver.instances == 1
+
+
+def test_association_limit_echo_and_tcp_nodelay(receiver_factory) -> None:
+    receiver = receiver_factory(max_associations=1)
+    first, rejection = associate(receiver.scp.port)
+    assert rejection is None and first.send_c_echo().Status == StoreStatus.SUCCESS
+    (accepted,) = receiver.scp._server.active_associations
+    assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    second, rejection = associate(receiver.scp.port)
+    assert rejection == LOCAL_LIMIT_EXCEEDED and second.is_rejected
+    first.release()
+    deadline = time.monotonic() + 5
+    while receiver.scp._server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.02)
+    again, rejection = associate(receiver.scp.port)
+    assert rejection is None and again.is_established
     again.release()
 
 
-def test_port_in_use_is_named(tmp_path: Path, scp_factory) -> None:
-    scp, ledger, spool, _ = scp_factory()
-    from engine.receiver.scp import ReceiverError
-    clash = ReceiverSCP("SCANSTREAM", "127.0.0.1", scp.port, spool, ledger, print)
-    with pytest.raises(ReceiverError, match=f"127.0.0.1:{scp.port}"):
+def test_port_zero_binds_a_free_port_and_a_taken_port_is_named(tmp_path: Path, receiver: Receiver) -> None:
+    assert receiver.scp.port > 0
+    clash = ReceiverSCP(AET, "127.0.0.1", receiver.scp.port, receiver.spool, receiver.ledger, print)
+    with pytest.raises(ReceiverError, match=f"127.0.0.1:{receiver.scp.port}"):
         clash.start()
+    fixed = free_port()
+    other = ReceiverSCP(AET, "127.0.0.1", fixed, receiver.spool, receiver.ledger, print)
+    other.start()
+    try:
+        assert other.port == fixed
+    finally:
+        other.stop()

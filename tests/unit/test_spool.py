@@ -39,13 +39,13 @@ def test_store_writes_part10_with_the_dataset_bytes_unchanged(tmp_path: Path) ->
     data = spool.read(entry.name)
     assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM" and data.endswith(DATASET)
     assert entry.sha256 == hashlib.sha256(DATASET).hexdigest() and entry.size == len(data)
-    assert entry.path == spool.path(entry.name) == tmp_path / entry.name[:2] / entry.name
-    assert UID not in str(entry.path)
-    ds = pydicom.dcmread(entry.path)
+    path = spool.path(entry.name)
+    assert path == tmp_path / entry.name[:2] / entry.name and UID not in str(path)
+    ds = pydicom.dcmread(path)
     assert ds.file_meta.MediaStorageSOPInstanceUID == UID and ds.SOPClassUID == CTImageStorage
-    assert files(tmp_path) == [entry.path]  # no temp file left
+    assert files(tmp_path) == [path]  # no temp file left
     spool.remove(entry.name)
-    assert not entry.path.exists()
+    assert not path.exists()
 
 
 def test_meta_may_be_given_as_a_dataset_and_names_are_unique(tmp_path: Path) -> None:
@@ -65,9 +65,10 @@ def test_fsyncs_file_and_folder_before_returning(tmp_path: Path, monkeypatch: py
         real_fsync(fd)
 
     monkeypatch.setattr(spool_module.os, "fsync", recording_fsync)
-    entry = Spool(tmp_path).store(file_meta(), DATASET)
-    assert synced[-2].endswith(".part")          # the data, before the rename
-    assert synced[-1] == str(entry.path.parent)  # the rename itself
+    spool = Spool(tmp_path)
+    entry = spool.store(file_meta(), DATASET)
+    assert synced[-2].endswith(".part")                  # the data, before the rename
+    assert synced[-1] == str(spool.path(entry.name).parent)  # the rename itself
 
 
 def test_size_cap_refuses_before_writing(tmp_path: Path) -> None:
