@@ -1,22 +1,14 @@
-"""A small 2D U-Net: four resolution levels of double 3x3 convolutions with batch norm.
-
-About 0.48 M parameters at the default 16 base channels (1.9 MB of fp32
-weights): small enough to train on two CPU cores in minutes, wide enough to
-tell a nodule from a vessel cross-section.
-"""
+"""A small 2D U-Net: three resolution levels, double 3x3 convolutions with batch norm."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-LEVELS = 4
-SIZE_MULTIPLE = 2 ** (LEVELS - 1)  # input height and width must be multiples of this (three 2x poolings)
-BASE_CHANNELS = 16
+DEPTH_MULTIPLE = 8  # input height and width must be multiples of this (three 2x poolings)
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
-    """Two 3x3 conv + batch norm + ReLU blocks at one resolution."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
@@ -24,26 +16,23 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
 
 
 class UNet2D(nn.Module):
-    """(N, 1, H, W) image in, (N, 1, H, W) nodule logits out; H and W multiples of :data:`SIZE_MULTIPLE`."""
+    """(N, 1, H, W) image in, (N, 1, H, W) nodule logits out."""
 
-    def __init__(self, base: int = BASE_CHANNELS) -> None:
+    def __init__(self, base: int = 8) -> None:
         super().__init__()
-        widths = [base * 2 ** level for level in range(LEVELS)]
-        self.down = nn.ModuleList([_double_conv(1, widths[0])]
-                                  + [_double_conv(widths[i], widths[i + 1]) for i in range(LEVELS - 1)])
+        widths = [base, base * 2, base * 4, base * 8]
+        self.down = nn.ModuleList([_double_conv(1, widths[0])] +
+                                  [_double_conv(widths[i], widths[i + 1]) for i in range(3)])
         self.pool = nn.MaxPool2d(2)
-        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
-                                 for i in reversed(range(LEVELS - 1))])
-        self.merge = nn.ModuleList([_double_conv(widths[i] * 2, widths[i]) for i in reversed(range(LEVELS - 1))])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(3))])
+        self.merge = nn.ModuleList([_double_conv(widths[i] * 2, widths[i]) for i in reversed(range(3))])
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] % SIZE_MULTIPLE or x.shape[-1] % SIZE_MULTIPLE:
-            raise ValueError(f"input height and width must be multiples of {SIZE_MULTIPLE}, got {tuple(x.shape)}")
         skips = []
         for level, block in enumerate(self.down):
             x = block(x)
-            if level < LEVELS - 1:
+            if level < 3:
                 skips.append(x)
                 x = self.pool(x)
         for up, merge, skip in zip(self.up, self.merge, reversed(skips)):

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from engine.kernels.build import build_harness
 from engine.kernels.cpu import window_normalise
 from engine.kernels.cuda import INPUT_CODES, Intensity, padded_shape
-from plugins.nodule_seg.handler import LUNG_WINDOW_HU, preprocess_hu
-from plugins.nodule_seg.network import SIZE_MULTIPLE
+from plugins.nodule_seg.handler import LUNG_WINDOW_HU, preprocess_volume
+from plugins.nodule_seg.network import DEPTH_MULTIPLE
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not installed; the host harness needs it")
 
@@ -149,13 +149,12 @@ def test_padding_takes_pad_value_and_zscore(host: HostKernels) -> None:
     assert_matches(out, reference(stored, (25, 19), p, multiple=16))
 
 
-def test_matches_nodule_handler_preprocess_when_upsampling(host: HostKernels) -> None:
+def test_matches_nodule_handler_preprocess(host: HostKernels) -> None:
     stored = random_stored(np.dtype(np.uint16), (3, 40, 36), seed=3)
     hu = stored.astype(np.float32) - 1024.0
-    size = (57, 50)
     p = Intensity.window(*LUNG_WINDOW_HU, intercept=-1024.0)
-    out = host.slices(stored, size, p, multiple=SIZE_MULTIPLE)
-    assert_matches(out, preprocess_hu(hu, size))
+    out = host.slices(stored, (40, 36), p, multiple=DEPTH_MULTIPLE)
+    assert_matches(out, preprocess_volume(hu))
 
 
 @pytest.mark.parametrize("dtype, shape, size", [
