@@ -39,8 +39,8 @@ def _config(args: argparse.Namespace) -> EngineConfig:
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Receiver, broker and worker subprocesses on this machine until SIGTERM/SIGINT."""
+def _run_receiver(args: argparse.Namespace, with_workers: bool) -> int:
+    """Start the receiver role (and worker subprocesses), run until SIGTERM/SIGINT, stop in order."""
     from engine.plugins import load_plugins
     from engine.roles import ReceiverRole, WorkerSupervisor, stop_on_signals
 
@@ -49,31 +49,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop_on_signals(stop)
     role = ReceiverRole(config, load_plugins(config))
     role.start()
-    supervisor = WorkerSupervisor(config, role.broker.bound_address, config.worker.count)
-    supervisor.start()
+    supervisor = WorkerSupervisor(config, role.broker.bound_address, config.worker.count) if with_workers else None
+    if supervisor is not None:
+        supervisor.start()
     try:
         stop.wait()
     finally:
-        supervisor.stop()
+        if supervisor is not None:
+            supervisor.stop()
         role.stop()
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Receiver, broker and worker subprocesses on this machine until SIGTERM/SIGINT."""
+    return _run_receiver(args, with_workers=True)
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
     """Receiver and broker only; workers connect from elsewhere."""
-    from engine.plugins import load_plugins
-    from engine.roles import ReceiverRole, stop_on_signals
-
-    config = _config(args)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    role = ReceiverRole(config, load_plugins(config))
-    role.start()
-    try:
-        stop.wait()
-    finally:
-        role.stop()
-    return 0
+    return _run_receiver(args, with_workers=False)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
