@@ -336,7 +336,10 @@ class Broker:
     def _forget(self, worker: _Worker, reason: str) -> None:
         """Drop a worker and give each of its leases back to the source."""
         self._workers.pop(worker.info.identity, None)
-        log.warning("worker.lost", worker=worker.info.name, reason=reason, jobs=len(worker.leases))
+        if worker.leases:  # a worker leaving idle is routine; one leaving with jobs is worth a warning
+            log.warning("worker.lost", worker=worker.info.name, reason=reason, jobs=len(worker.leases))
+        else:
+            log.info("worker.left", worker=worker.info.name, reason=reason)
         for job_id, attempt in worker.leases.items():
             self._counters["leases_lost"] += 1
             self._call(job_id, self._source.lease_lost, job_id, attempt, reason)
