@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import asdict
 
-from engine.broker.broker import OutgoingJob, WorkerInfo
+from engine.broker.broker import CLEAN_REASONS, OutgoingJob, WorkerInfo
 from engine.logs import get_logger
 from engine.outputs.store import ResultStore
 from engine.receiver.ledger import Ledger
@@ -71,6 +71,6 @@ class LedgerJobSource:
                     reason=json.dumps(reason)[:300])
 
     def lease_lost(self, job_id: str, attempt: int, reason: str) -> None:
-        """The worker went away: queue the job again (or dead-letter it after max attempts)."""
-        self._ledger.release_job(job_id, attempt, reason, time.time())
+        """The worker went away: queue the job again; a crash costs an attempt, a clean stop does not."""
+        self._ledger.release_job(job_id, attempt, reason, time.time(), count_attempt=reason not in CLEAN_REASONS)
         log.warning("job.lease_lost", job=job_id, attempt=attempt, reason=reason)

@@ -31,6 +31,13 @@ _DISPATCH_BATCH = 256
 """Jobs claimed per dispatch pass before incoming messages get a turn."""
 
 
+LEFT_CLEANLY = "worker disconnected"
+"""``lease_lost`` reason when a worker said DISCONNECT (it stopped; the job did not fail)."""
+RE_REGISTERED = "worker re-registered"
+"""``lease_lost`` reason when a known worker sent READY again (it reconnected)."""
+CLEAN_REASONS = frozenset({LEFT_CLEANLY, RE_REGISTERED})
+
+
 class BrokerError(RuntimeError):
     """The broker cannot start (address in use, bad endpoint) or is used out of order."""
 
@@ -278,7 +285,7 @@ class Broker:
         elif message.cmd is Command.FAIL:
             self._fail(worker, message)
         elif message.cmd is Command.DISCONNECT:
-            self._forget(worker, "worker disconnected")
+            self._forget(worker, LEFT_CLEANLY)
         elif message.cmd is Command.JOB:
             log.warning("broker.unexpected_command", worker=worker.info.name, cmd=str(message.cmd))
 
@@ -286,7 +293,7 @@ class Broker:
         """READY: (re)start the worker's book with ``capacity`` credits."""
         existing = self._workers.get(identity)
         if existing is not None:
-            self._forget(existing, "worker re-registered")
+            self._forget(existing, RE_REGISTERED)
         header = message.header
         info = WorkerInfo(identity, header["worker"], header["pid"], tuple(header["models"]))
         self._workers[identity] = _Worker(info, credit=header["capacity"],

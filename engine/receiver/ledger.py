@@ -477,9 +477,21 @@ class Ledger:
                        (state, reason, None if state == "queued" else now, job_id))
             return state
 
-    def release_job(self, job_id: str, attempt: int, reason: str, now: float) -> str | None:
-        """A lease was lost (worker died): queue again, or dead-letter after max attempts."""
-        return self.fail_job(job_id, attempt, f"lease lost: {reason}", True, now)
+    def release_job(self, job_id: str, attempt: int, reason: str, now: float,
+                    count_attempt: bool = True) -> str | None:
+        """A lease was lost: queue again, or dead-letter after max attempts.
+
+        ``count_attempt=False`` is for a worker that left cleanly (stopped or re-registered):
+        the job did not fail, so its attempt is given back and a rolling restart never
+        dead-letters work.
+        """
+        if count_attempt:
+            return self.fail_job(job_id, attempt, f"lease lost: {reason}", True, now)
+        with self._tx() as db:
+            released = db.execute("UPDATE jobs SET state = 'queued', attempts = attempts - 1, worker = NULL,"
+                                  " reason = ? WHERE job_id = ? AND state = 'leased' AND attempts = ?",
+                                  (f"released: {reason}", job_id, attempt)).rowcount
+        return "queued" if released else None
 
     def requeue(self, job_id: str, now: float) -> bool:
         """Put a failed or dead-lettered job back in the queue with fresh attempts."""

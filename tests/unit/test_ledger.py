@@ -192,3 +192,13 @@ def test_final_study_jobs_and_manual_requeue(ledger: Ledger) -> None:
     requeued = ledger.job(job)
     assert (requeued.state, requeued.attempts, requeued.reason) == ("queued", 0, "requeued: boom")
     assert ledger.claim_job("w", 5.0).attempts == 1
+
+
+def test_a_clean_worker_stop_gives_the_attempt_back(ledger: Ledger) -> None:
+    ledger.add_instance(meta(1), entry("n1"), "CT1", 1.0)
+    job = ledger.create_job(SERIES, 1, "m", "1", now=1.0, max_attempts=1)
+    assert ledger.claim_job("w1", 2.0).attempts == 1
+    assert ledger.release_job(job, 1, "worker disconnected", 3.0, count_attempt=False) == "queued"
+    assert ledger.release_job(job, 1, "worker disconnected", 3.0, count_attempt=False) is None  # stale
+    assert ledger.claim_job("w2", 4.0).attempts == 1
+    assert ledger.release_job(job, 1, "heartbeat timeout", 5.0) == "dead"  # a crash costs the attempt
