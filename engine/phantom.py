@@ -1,54 +1,135 @@
-"""Generated phantom chest CT studies with known nodules: for the demo, training and tests.
+"""Generated phantom chest CT studies with known nodules: for the demo, training, tests and benchmarks.
 
 Anatomy in Hounsfield units like real CT: air, an elliptical body with a fat
-ring, two lungs with vessel-like tubes, spine and ribs, and spherical nodules
-inside the lungs; a little blur (partial volume) and Gaussian noise. Fully
-vectorised and deterministic per seed. ``write_ct_series`` writes one CT Image
-Storage file per slice with real geometry, so the engine sees what a scanner sends.
+ring, two lungs crossed by vessel-like tubes (so a plain threshold is not a
+nodule detector), spine and ribs, and spherical nodules inside the lungs; a
+little in-plane blur (partial volume) and Gaussian noise. Fully vectorised and
+deterministic per seed. ``write_ct_series`` writes one CT Image Storage file
+per slice with real geometry, so the engine sees what a scanner sends::
 
     python -m engine.phantom OUT_DIR --seed 7
+    storescu -aec SCANSTREAM 127.0.0.1 11112 OUT_DIR/*.dcm
+
+Coordinates are DICOM patient coordinates (LPS, mm) with the isocentre at the
+middle of the volume: x grows with the column index, y with the row index and
+z with the slice index.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_encoder
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGLSLossless,
     RLELossless,
+    UID,
     generate_uid,
 )
 
-HU_AIR, HU_FAT, HU_SOFT, HU_LUNG, HU_BONE, HU_VESSEL = -1000, -100, 40, -850, 700, 40
+# Tissue codes of CTPhantom.tissue and their nominal HU.
+AIR, FAT, SOFT, LUNG, BONE, VESSEL, NODULE = range(7)
+TISSUE_HU = {AIR: -1000.0, FAT: -100.0, SOFT: 40.0, LUNG: -850.0, BONE: 700.0, VESSEL: 40.0}
+NODULE_HU_RANGE = (30.0, 60.0)
+NODULE_RADIUS_MM = (3.0, 10.0)
+MAX_RANDOM_NODULES = 3
+CHEST_WALL_R, RIBS_R = 0.66, (0.74, 0.80)  # inner edges as squared normalised body radius
 RESCALE_INTERCEPT = -1024
-COMPRESSED = (RLELossless, JPEG2000Lossless)
+MAX_HU = 3071  # 12 stored bits: 0..4095 after the intercept
+
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+COMPRESSED = (RLELossless, JPEG2000Lossless, JPEGLSLossless)
+SYNTAX_NAMES = {
+    "explicit": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "rle": RLELossless,
+    "j2k": JPEG2000Lossless,
+    "jpegls": JPEGLSLossless,
+}
+
+Nodule = tuple[tuple[float, float, float], float]
 
 
 @dataclass
 class CTPhantom:
-    """A phantom volume (slices, rows, cols) in HU with its truth and geometry."""
+    """A phantom CT volume with its truth and geometry.
+
+    ``hu`` (int16) and ``nodule_mask`` (bool) have shape (slices, rows, cols);
+    ``tissue`` holds the tissue code of every voxel before blur and noise;
+    ``nodules`` lists (centre (z, y, x) in patient mm, radius mm);
+    ``spacing`` is (slice, row, col) mm and ``origin`` the (x, y, z) mm of the
+    first slice's first voxel.
+    """
 
     hu: np.ndarray
     nodule_mask: np.ndarray
-    nodules: list[tuple[tuple[float, float, float], float]] = field(default_factory=list)
-    spacing: tuple[float, float, float] = (2.5, 1.4, 1.4)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    nodules: list[Nodule]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    tissue: np.ndarray
 
 
-def _blur(volume: np.ndarray) -> np.ndarray:
-    """A separable [1, 2, 1]/4 blur in-plane: partial volume at edges, vectorised."""
-    out = volume.copy()
+def _axes(slices: int, size: int, pixel_mm: float, slice_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broadcastable z, y, x voxel-centre coordinates (mm), centred on the isocentre."""
+    z = ((np.arange(slices) - (slices - 1) / 2) * slice_mm).astype(np.float32)[:, None, None]
+    y = ((np.arange(size) - (size - 1) / 2) * pixel_mm).astype(np.float32)[None, :, None]
+    x = ((np.arange(size) - (size - 1) / 2) * pixel_mm).astype(np.float32)[None, None, :]
+    return z, y, x
+
+
+def _blur_in_plane(volume: np.ndarray) -> np.ndarray:
+    """Separable [1, 2, 1] / 4 blur along rows and columns: partial volume at tissue edges."""
+    out = volume
     for axis in (1, 2):
         out = 0.25 * np.roll(out, 1, axis) + 0.5 * out + 0.25 * np.roll(out, -1, axis)
     return out
+
+
+def _place_nodules(
+    rng: np.random.Generator,
+    lungs: np.ndarray,
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray],
+    count: int,
+    radius_mm: tuple[float, float],
+    attempts: int = 400,
+) -> tuple[list[Nodule], np.ndarray]:
+    """Draw non-touching spheres that lie wholly inside the lungs; returns them and their mask."""
+    z, y, x = axes
+    spacing = (float(z[1, 0, 0] - z[0, 0, 0]) if z.shape[0] > 1 else 1.0, float(y[0, 1, 0] - y[0, 0, 0]),
+               float(x[0, 0, 1] - x[0, 0, 0]))
+    origin = (float(z[0, 0, 0]), float(y[0, 0, 0]), float(x[0, 0, 0]))
+    candidates = np.argwhere(lungs[:, ::4, ::4]) * np.array([1, 4, 4])
+    mask = np.zeros(lungs.shape, dtype=bool)
+    placed: list[Nodule] = []
+    for _ in range(attempts):
+        if len(placed) == count or not len(candidates):
+            break
+        radius = float(rng.uniform(*radius_mm))
+        centre_index = candidates[int(rng.integers(len(candidates)))]
+        centre = tuple(float(origin[a] + centre_index[a] * spacing[a] + rng.uniform(-0.5, 0.5) * spacing[a])
+                       for a in range(3))
+        if any(np.linalg.norm(np.subtract(centre, c)) < radius + r + 4.0 for c, r in placed):
+            continue
+        box = tuple(slice(max(0, int(np.floor((centre[a] - radius - origin[a]) / spacing[a]))),
+                          int(np.ceil((centre[a] + radius - origin[a]) / spacing[a])) + 1) for a in range(3))
+        sphere = ((z[box[0]] - centre[0]) ** 2 + (y[:, box[1]] - centre[1]) ** 2
+                  + (x[:, :, box[2]] - centre[2]) ** 2) <= radius ** 2
+        touches_edge = any(box[a].start == 0 or box[a].stop > lungs.shape[a] for a in range(3))
+        if touches_edge or not sphere.any() or not lungs[box][sphere].all():
+            continue
+        placed.append((centre, radius))
+        mask[box] |= sphere
+    return placed, mask
 
 
 def generate_ct_phantom(
@@ -60,71 +141,84 @@ def generate_ct_phantom(
     slice_mm: float = 2.5,
     nodules: int | None = None,
     noise_hu: float = 20.0,
+    nodule_radius_mm: tuple[float, float] = NODULE_RADIUS_MM,
 ) -> CTPhantom:
-    """A chest CT phantom; ``nodules=None`` draws 0-3 nodules from the seed."""
+    """A chest CT phantom, the same for the same arguments.
+
+    ``nodules=None`` draws 0-3 nodules from the seed (fewer when small lungs
+    cannot hold them); an explicit count that does not fit raises ValueError.
+    Nodule radii are uniform in ``nodule_radius_mm``.
+    """
+    if slices < 1 or size < 16:
+        raise ValueError(f"phantom needs at least 1 slice and 16x16 pixels, got {slices} x {size}")
+    if not 0 < nodule_radius_mm[0] <= nodule_radius_mm[1]:
+        raise ValueError(f"nodule radius range must be positive and ordered, got {nodule_radius_mm}")
     rng = np.random.default_rng(seed)
-    z = (np.arange(slices) * slice_mm)[:, None, None]
-    y = ((np.arange(size) - size / 2 + 0.5) * pixel_mm)[None, :, None]
-    x = ((np.arange(size) - size / 2 + 0.5) * pixel_mm)[None, None, :]
-    half_x, half_y = 0.42 * size * pixel_mm * rng.uniform(0.9, 1.0), 0.30 * size * pixel_mm * rng.uniform(0.9, 1.0)
-    body_r = (x / half_x) ** 2 + (y / half_y) ** 2
-    hu = np.full((slices, size, size), HU_AIR, dtype=np.float32)
-    hu = np.where(body_r <= 1.0, HU_FAT, hu)
-    hu = np.where(body_r <= 0.86, HU_SOFT, hu)
+    z, y, x = _axes(slices, size, pixel_mm, slice_mm)
+    fov = size * pixel_mm
+    half_x, half_y = 0.42 * fov * rng.uniform(0.9, 1.0), 0.30 * fov * rng.uniform(0.9, 1.0)
+    body_r = (x / half_x) ** 2 + (y / half_y) ** 2  # (1, H, W)
+    z_half = max(slices * slice_mm / 2, 1e-3)
+    taper = 1.0 - 0.25 * (z / z_half) ** 2  # lungs narrow towards apex and base
     lung_cx, lung_rx, lung_ry = 0.48 * half_x, 0.34 * half_x, 0.62 * half_y
-    z_mid, z_len = slices * slice_mm / 2, slices * slice_mm
-    taper = 1.0 - 0.25 * ((z - z_mid) / (z_len / 2)) ** 2
-    lungs = np.zeros_like(hu, dtype=bool)
-    for side in (-1, 1):
-        lungs |= ((x - side * lung_cx) / (lung_rx * taper)) ** 2 + ((y + 0.05 * half_y) / (lung_ry * taper)) ** 2 <= 1
-    hu = np.where(lungs, HU_LUNG, hu)
+    lungs = np.zeros((slices, size, size), dtype=bool)
+    for side in (-1.0, 1.0):
+        lungs |= (((x - side * lung_cx) / (lung_rx * taper)) ** 2
+                  + ((y + 0.05 * half_y) / (lung_ry * taper)) ** 2) <= 1.0
+    lungs &= body_r < CHEST_WALL_R  # chest wall (soft tissue) between the lungs and the ribs
     spine = (x ** 2 + (y - 0.62 * half_y) ** 2) <= (0.11 * half_y) ** 2
-    ribs_ring = (body_r > 0.74) & (body_r < 0.80) & (np.cos(np.arctan2(y, x) * 9 + z / 12.0) > 0.55)
-    hu = np.where(spine | ribs_ring, HU_BONE, hu)
+    ribs = (body_r > RIBS_R[0]) & (body_r < RIBS_R[1]) & (np.cos(np.arctan2(y, x) * 9 + z / 12.0) > 0.55)
     vessels = np.zeros_like(lungs)
-    for _ in range(int(rng.integers(3, 7))):
-        side = rng.choice([-1, 1])
+    for _ in range(int(rng.integers(4, 9))):
+        side = float(rng.choice([-1.0, 1.0]))
         x0, y0 = side * lung_cx + rng.uniform(-0.5, 0.5) * lung_rx, rng.uniform(-0.5, 0.5) * lung_ry
         dx, dy = rng.uniform(-0.6, 0.6, size=2)
         radius = rng.uniform(1.0, 2.2)
-        vessels |= ((x - x0 - dx * (z - z_mid)) ** 2 + (y - y0 - dy * (z - z_mid)) ** 2) <= radius ** 2
-    hu = np.where(vessels & lungs, HU_VESSEL, hu)
-    count = int(rng.integers(0, 4)) if nodules is None else nodules
-    mask = np.zeros_like(lungs)
-    placed: list[tuple[tuple[float, float, float], float]] = []
-    attempts = 0
-    while len(placed) < count and attempts < 200:
-        attempts += 1
-        radius = float(rng.uniform(3.0, 10.0))
-        side = rng.choice([-1, 1])
-        center = (float(rng.uniform(0.25, 0.75) * z_len),
-                  float(rng.uniform(-0.5, 0.4) * lung_ry),
-                  float(side * lung_cx + rng.uniform(-0.45, 0.45) * lung_rx))
-        sphere = ((z - center[0]) ** 2 + (y - center[1]) ** 2 + (x - center[2]) ** 2) <= radius ** 2
-        inside = (sphere & lungs).sum() == sphere.sum() and sphere.any()
-        apart = all(np.linalg.norm(np.subtract(center, c)) > radius + r + 4 for c, r in placed)
-        if inside and apart:
-            placed.append((center, radius))
-            mask |= sphere
-    hu = np.where(mask, rng.uniform(30, 60), hu)
-    hu = _blur(hu) + rng.normal(0.0, noise_hu, size=hu.shape).astype(np.float32)
-    hu = np.clip(np.rint(hu), RESCALE_INTERCEPT, 3071).astype(np.int16)
-    origin = (float(x.min()), float(y.min()), 0.0)
-    return CTPhantom(hu=hu, nodule_mask=mask, nodules=placed, spacing=(slice_mm, pixel_mm, pixel_mm), origin=origin)
+        vessels |= ((x - x0 - dx * z) ** 2 + (y - y0 - dy * z) ** 2) <= radius ** 2
+
+    tissue = np.full((slices, size, size), AIR, dtype=np.uint8)
+    tissue[np.broadcast_to(body_r <= 1.0, tissue.shape)] = FAT
+    tissue[np.broadcast_to(body_r <= 0.86, tissue.shape)] = SOFT
+    tissue[lungs] = LUNG
+    tissue[np.broadcast_to(spine | ribs, tissue.shape)] = BONE
+    tissue[vessels & lungs] = VESSEL
+
+    count = int(rng.integers(0, MAX_RANDOM_NODULES + 1)) if nodules is None else nodules
+    placed, mask = _place_nodules(rng, lungs, (z, y, x), count, nodule_radius_mm)
+    if nodules is not None and len(placed) < nodules:
+        raise ValueError(f"only {len(placed)} of {nodules} nodules fit in a {slices}x{size}x{size} phantom")
+    tissue[mask] = NODULE
+
+    lut = np.array([TISSUE_HU[t] for t in (AIR, FAT, SOFT, LUNG, BONE, VESSEL)]
+                   + [rng.uniform(*NODULE_HU_RANGE)], dtype=np.float32)
+    hu = _blur_in_plane(lut[tissue]) + rng.normal(0.0, noise_hu, size=tissue.shape).astype(np.float32)
+    hu = np.clip(np.rint(hu), RESCALE_INTERCEPT, MAX_HU).astype(np.int16)
+    return CTPhantom(
+        hu=hu,
+        nodule_mask=mask,
+        nodules=placed,
+        spacing=(float(slice_mm), float(pixel_mm), float(pixel_mm)),
+        origin=(float(x[0, 0, 0]), float(y[0, 0, 0]), float(z[0, 0, 0])),
+        tissue=tissue,
+    )
 
 
-def _series_dataset(phantom: CTPhantom, study_uid: str, series_uid: str, frame_uid: str, patient_id: str,
-                    patient_name: str, series_description: str, body_part: str) -> Dataset:
+def _series_template(phantom: CTPhantom, study_uid: str, series_uid: str, patient_id: str, patient_name: str,
+                     series_description: str, body_part: str) -> Dataset:
+    """Attributes shared by every slice of the series (patient, study, series, equipment, image pixel)."""
     ds = Dataset()
-    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "", "O"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "PHANTOM1", ""
-    ds.Modality, ds.SeriesNumber, ds.SeriesDescription, ds.BodyPartExamined = "CT", 1, series_description, body_part
-    ds.Manufacturer, ds.ManufacturerModelName = "ScanStream", "Phantom"
+    when = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = CTImageStorage
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, patient_id, "", "O"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = generate_uid(), ""
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = when.strftime("%H%M%S")
+    ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "PHANTOM1", ""
+    ds.Modality, ds.SeriesNumber, ds.AcquisitionNumber = "CT", 1, 1
+    ds.SeriesDescription, ds.BodyPartExamined, ds.PatientPosition = series_description, body_part, "HFS"
+    ds.Manufacturer, ds.ManufacturerModelName = "ScanStream", "Phantom"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.PixelSpacing = [phantom.spacing[1], phantom.spacing[2]]
@@ -139,6 +233,21 @@ def _series_dataset(phantom: CTPhantom, study_uid: str, series_uid: str, frame_u
     return ds
 
 
+def check_transfer_syntax(transfer_syntax: str) -> UID:
+    """The syntax as a UID when this installation can write it, else ValueError saying why."""
+    uid = UID(transfer_syntax)
+    if uid in UNCOMPRESSED:
+        return uid
+    if uid not in COMPRESSED:
+        known = ", ".join(f"{u.name} ({u})" for u in (*UNCOMPRESSED, *COMPRESSED))
+        raise ValueError(f"cannot write transfer syntax {uid!r}; supported: {known}")
+    encoder = get_encoder(uid)
+    if not encoder.is_available:
+        missing = "; ".join(encoder.missing_dependencies) or "no plugin installed"
+        raise ValueError(f"no encoder for {uid.name} is available ({missing})")
+    return uid
+
+
 def write_ct_series(
     phantom: CTPhantom,
     out_dir: Path,
@@ -151,32 +260,33 @@ def write_ct_series(
     series_description: str = "Phantom chest CT",
     body_part: str = "CHEST",
 ) -> list[Path]:
-    """Write one CT Image Storage file per slice (``slice_0001.dcm`` ...); returns the paths."""
-    if transfer_syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, *COMPRESSED):
-        raise ValueError(f"unsupported transfer syntax {transfer_syntax}; use explicit/implicit LE, RLE or J2K lossless")
+    """Write one CT Image Storage Part-10 file per slice (``slice_0001.dcm`` ...); returns the paths.
+
+    Pixels are stored as 12-bit unsigned values with RescaleIntercept -1024, so
+    stored value + intercept is the phantom's HU exactly, in every syntax.
+    """
+    syntax = check_transfer_syntax(transfer_syntax)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
-    template = _series_dataset(phantom, study_uid, series_uid, generate_uid(), patient_id, patient_name,
-                               series_description, body_part)
+    template = _series_template(phantom, study_uid or generate_uid(), series_uid or generate_uid(), patient_id,
+                                patient_name, series_description, body_part)
     stored = (phantom.hu.astype(np.int32) - RESCALE_INTERCEPT).astype(np.uint16)
+    z0 = phantom.origin[2]
     paths = []
-    for index in range(phantom.hu.shape[0]):
-        ds = Dataset()
-        ds.update(template)
+    for index in range(stored.shape[0]):
+        ds = copy.deepcopy(template)
         ds.SOPInstanceUID = generate_uid()
         ds.InstanceNumber = index + 1
-        ds.ImagePositionPatient = [phantom.origin[0], phantom.origin[1], phantom.origin[2] + index * phantom.spacing[0]]
+        ds.ImagePositionPatient = [phantom.origin[0], phantom.origin[1], z0 + index * phantom.spacing[0]]
         ds.SliceLocation = ds.ImagePositionPatient[2]
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = stored[index].tobytes()
-        if transfer_syntax in COMPRESSED:
-            ds.compress(transfer_syntax, stored[index])
+        ds.file_meta.TransferSyntaxUID = syntax if syntax in UNCOMPRESSED else ExplicitVRLittleEndian
+        if syntax in COMPRESSED:
+            ds.compress(syntax, stored[index], generate_instance_uid=False)
         else:
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
+            ds.PixelData = stored[index].tobytes()
         path = out_dir / f"slice_{index + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -184,16 +294,21 @@ def write_ct_series(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write a phantom study: ``python -m engine.phantom OUT_DIR [--seed N] [--nodules K]``."""
+    """Write a phantom study: ``python -m engine.phantom OUT_DIR [--seed N] [--nodules K] [--syntax rle]``."""
     parser = argparse.ArgumentParser(description="Write a phantom chest CT series as DICOM files")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--nodules", type=int, default=None)
+    parser.add_argument("--nodules", type=int, default=None, help="number of nodules (default: 0-3 from the seed)")
     parser.add_argument("--slices", type=int, default=48)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--syntax", choices=sorted(SYNTAX_NAMES), default="explicit")
     args = parser.parse_args(argv)
-    phantom = generate_ct_phantom(args.seed, nodules=args.nodules, slices=args.slices)
-    paths = write_ct_series(phantom, args.out_dir)
-    print(f"wrote {len(paths)} slices with {len(phantom.nodules)} nodule(s) to {args.out_dir}")
+    phantom = generate_ct_phantom(args.seed, nodules=args.nodules, slices=args.slices, size=args.size)
+    paths = write_ct_series(phantom, args.out_dir, transfer_syntax=SYNTAX_NAMES[args.syntax])
+    print(f"wrote {len(paths)} slices ({SYNTAX_NAMES[args.syntax].name}) with {len(phantom.nodules)} nodule(s) "
+          f"to {args.out_dir}")
+    for (z, y, x), radius in phantom.nodules:
+        print(f"  nodule radius {radius:.1f} mm at (x, y, z) = ({x:.1f}, {y:.1f}, {z:.1f}) mm")
     return 0
 
 

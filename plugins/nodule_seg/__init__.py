@@ -1,7 +1,8 @@
-"""Built-in plugin: lung-nodule segmentation with a small 2D U-Net, output as DICOM SEG.
+"""Built-in plugin: lung-nodule segmentation with a small 2.5D U-Net, output as DICOM SEG and JSON.
 
 Trained on generated phantoms by ``python -m plugins.nodule_seg.train``; the
-weights (``weights.pt``, a state dict) are committed next to this file.
+weights (``weights.pt``, a state dict) are committed next to this file, and
+``python -m plugins.nodule_seg.evaluate`` measures them on unseen phantoms.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ MIN_SLICES = 8
 
 
 def takes_series(series: SeriesInfo) -> bool:
-    """CT series with enough slices to be a volume."""
+    """CT series of at least :data:`MIN_SLICES` slices (instances, or frames of an enhanced CT); any body part."""
     return series.modality == "CT" and max(series.instance_count, series.frame_count) >= MIN_SLICES
 
 
 def load_network(weights: Path = WEIGHTS) -> UNet2D:
-    """Build the U-Net and load its committed weights (tensors only, no pickled code)."""
+    """Build the U-Net and load its committed weights (tensors only: ``weights_only=True``)."""
     network = UNet2D()
     network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return network.eval()
@@ -39,7 +40,7 @@ def scanstream_register_models(registry: ModelRegistry) -> None:
     registry.add(ModelSpec(
         name=MODEL_NAME,
         version=MODEL_VERSION,
-        description="lung nodule segmentation (2D U-Net, phantom-trained) -> DICOM SEG",
+        description="lung nodule segmentation: 2.5D U-Net trained on phantom chest CT, nodules as DICOM SEG",
         selector=takes_series,
         load_network=load_network,
         handler=NoduleSegHandler(),

@@ -1,4 +1,10 @@
-"""Pre- and postprocessing of the nodule U-Net: lung window in, 3D components out."""
+"""Pre- and postprocessing around the nodule U-Net: lung window in, 3D nodule components out.
+
+The network sees each slice with its two neighbours (2.5D) and was trained on
+1.4 mm pixels and 2.5 mm slices: other in-plane spacings are resampled to it
+on the way in and the logits back on the way out, and the neighbours are
+picked about 2.5 mm away whatever the slice spacing.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +13,96 @@ import torch
 from scipy import ndimage
 
 from engine.api import Finding, ModelResult, Volume
-from engine.kernels.cpu import pad_to_multiple, window_normalise
-from plugins.nodule_seg.network import DEPTH_MULTIPLE
+from engine.kernels.cpu import neighbour_slices, pad_to_multiple, resize_slices, spacing_to_size, window_normalise
+from plugins.nodule_seg.network import DEPTH_MULTIPLE, IN_CHANNELS
 
 LUNG_WINDOW_HU = (-1000.0, 400.0)
+MODEL_PIXEL_MM = 1.4
+MODEL_SLICE_MM = 2.5
+SPACING_TOLERANCE = 0.05  # within 5 % of MODEL_PIXEL_MM the slices are used as they are
 THRESHOLD = 0.5
-MIN_COMPONENT_VOXELS = 6
+MIN_NODULE_ML = 0.05  # smaller components are noise: half the smallest phantom nodule (3 mm radius, 0.11 ml)
+CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected components
 
 
-def preprocess_volume(voxels: np.ndarray) -> torch.Tensor:
-    """HU volume (S, H, W) to network input (S, 1, H', W'), lung window mapped to [0, 1], padded."""
-    images = window_normalise(voxels, *LUNG_WINDOW_HU)[:, None]
-    padded, _ = pad_to_multiple(images, DEPTH_MULTIPLE)
+def working_size(volume: Volume) -> tuple[int, int]:
+    """In-plane (rows, cols) the network sees: resampled to :data:`MODEL_PIXEL_MM` unless already close."""
+    rows, cols = volume.voxels.shape[1:]
+    _, row_mm, col_mm = volume.spacing
+    if all(abs(mm / MODEL_PIXEL_MM - 1.0) <= SPACING_TOLERANCE for mm in (row_mm, col_mm)):
+        return int(rows), int(cols)
+    return spacing_to_size((rows, cols), (row_mm, col_mm), (MODEL_PIXEL_MM, MODEL_PIXEL_MM))
+
+
+def neighbour_step(volume: Volume) -> int:
+    """How many slices apart the neighbours are: about :data:`MODEL_SLICE_MM`, at least one."""
+    return max(1, int(round(MODEL_SLICE_MM / max(volume.spacing[0], 1e-3))))
+
+
+def preprocess_volume(voxels: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """HU (S, H, W) to windowed slices (S, 1, H', W'): resampled to ``size``, lung window on [0, 1], padded.
+
+    Padding is 0, the value of air after windowing. This is the per-slice part
+    the CUDA kernels (:mod:`engine.kernels.cuda`) compute too; the handler adds
+    the neighbouring slices as channels.
+    """
+    images = torch.as_tensor(voxels, dtype=torch.float32)[:, None]
+    if size is not None:
+        images = resize_slices(images, size)
+    padded, _ = pad_to_multiple(window_normalise(images, *LUNG_WINDOW_HU), DEPTH_MULTIPLE)
     return padded
 
 
-def _centroid_mm(volume: Volume, index: np.ndarray) -> tuple[float, float, float]:
-    """Patient coordinates (mm) of a (slice, row, col) voxel index."""
-    row_dir, col_dir = np.asarray(volume.orientation[:3]), np.asarray(volume.orientation[3:6])
+def voxel_to_patient(volume: Volume, indices: np.ndarray) -> np.ndarray:
+    """Patient coordinates (x, y, z) mm of (slice, row, col) voxel indices, shape (K, 3) -> (K, 3)."""
+    row_dir = np.asarray(volume.orientation[:3], dtype=float)
+    col_dir = np.asarray(volume.orientation[3:6], dtype=float)
     normal = np.cross(row_dir, col_dir)
-    s, r, c = index
-    ss, rs, cs = volume.spacing
-    point = np.asarray(volume.origin) + c * cs * row_dir + r * rs * col_dir + s * ss * normal
-    return (round(float(point[0]), 1), round(float(point[1]), 1), round(float(point[2]), 1))
+    slice_mm, row_mm, col_mm = volume.spacing
+    indices = np.asarray(indices, dtype=float).reshape(-1, 3)
+    return (np.asarray(volume.origin, dtype=float) + np.outer(indices[:, 2] * col_mm, row_dir)
+            + np.outer(indices[:, 1] * row_mm, col_dir) + np.outer(indices[:, 0] * slice_mm, normal))
+
+
+def _summary(findings: list[Finding]) -> str:
+    noun = "finding" if len(findings) == 1 else "findings"
+    text = f"nodule segmentation: {len(findings)} {noun}"
+    if findings:
+        text += ", volumes " + ", ".join(f"{f.volume_ml:.2f}" for f in findings) + " ml"
+    return text
 
 
 class NoduleSegHandler:
-    """Implements :class:`engine.api.ModelHandler` for :class:`UNet2D` slice by slice."""
+    """Implements :class:`engine.api.ModelHandler` for :class:`~plugins.nodule_seg.network.UNet2D` (2.5D slices)."""
 
     def preprocess(self, volume: Volume) -> torch.Tensor:
-        return preprocess_volume(volume.voxels)
+        """The volume as a batch of windowed slices with their neighbours (S, 3, H', W'), float32."""
+        images = preprocess_volume(volume.voxels, working_size(volume))
+        return neighbour_slices(images, radius=IN_CHANNELS // 2, step=neighbour_step(volume))
 
     def postprocess(self, output: torch.Tensor, volume: Volume) -> ModelResult:
-        slices, rows, cols = volume.voxels.shape
-        probability = torch.sigmoid(output[:, 0, :rows, :cols]).numpy()
-        labels, count = ndimage.label(probability > THRESHOLD)
+        """Logits (S, 1, H', W') to 3D nodule components: label map, volumes, centroids."""
+        rows, cols = volume.voxels.shape[1:]
+        height, width = working_size(volume)
+        logits = torch.as_tensor(output).detach().to("cpu", torch.float32)[:, :, :height, :width]
+        logits = resize_slices(logits, (rows, cols))[:, 0]
+        probability = torch.sigmoid(logits).numpy()
+        labels, count = ndimage.label(probability > THRESHOLD, structure=CONNECTIVITY)
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        keep = np.flatnonzero(sizes >= MIN_COMPONENT_VOXELS)
+        min_voxels = MIN_NODULE_ML / volume.voxel_volume_ml
+        keep = np.flatnonzero(sizes >= min_voxels)
         keep = keep[keep > 0]
         mask = np.isin(labels, keep)
-        centroids = ndimage.center_of_mass(mask, labels, keep) if len(keep) else []
-        peaks = ndimage.maximum(probability, labels, keep) if len(keep) else []
-        findings = [
-            Finding(label="nodule", probability=round(float(peak), 3),
-                    volume_ml=round(float(sizes[k]) * volume.voxel_volume_ml, 3), voxel_count=int(sizes[k]),
-                    centroid_mm=_centroid_mm(volume, np.asarray(centre)))
-            for k, centre, peak in zip(keep, centroids, np.atleast_1d(peaks))
-        ]
-        findings.sort(key=lambda f: -(f.volume_ml or 0))
-        volumes = ", ".join(f"{f.volume_ml:.2f}" for f in findings)
-        summary = f"nodule segmentation: {len(findings)} finding(s)" + (f", volumes {volumes} ml" if findings else "")
-        return ModelResult(summary=summary, findings=findings, label_map=mask.astype(np.uint8),
+        findings: list[Finding] = []
+        if len(keep):
+            centroids = voxel_to_patient(volume, np.asarray(ndimage.center_of_mass(mask, labels, keep)))
+            peaks = np.atleast_1d(ndimage.maximum(probability, labels, keep))
+            findings = [
+                Finding(label="nodule", probability=round(float(peak), 3),
+                        volume_ml=round(float(sizes[k]) * volume.voxel_volume_ml, 3), voxel_count=int(sizes[k]),
+                        centroid_mm=tuple(round(float(v), 1) for v in centre))
+                for k, centre, peak in zip(keep, centroids, peaks)
+            ]
+            findings.sort(key=lambda f: -(f.volume_ml or 0.0))
+        return ModelResult(summary=_summary(findings), findings=findings, label_map=mask.astype(np.uint8),
                            segment_labels=["Nodule"])
