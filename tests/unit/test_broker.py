@@ -126,13 +126,6 @@ class Peer:
 
 
 @pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
 def source() -> FakeSource:
     return FakeSource()
 

@@ -54,13 +54,6 @@ class RawBroker:
 
 
 @pytest.fixture
-def context() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
 def broker(context: zmq.Context) -> RawBroker:
     return RawBroker(context)
 
