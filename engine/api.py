@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -33,20 +34,40 @@ class SeriesInfo:
 
 @dataclass
 class Volume:
-    """A decoded series: voxels in physical units with the geometry needed to write results back.
+    """A decoded series: stored pixel values, their rescale, and the geometry needed to write results back.
 
-    ``voxels`` has shape (slices, rows, columns) ordered along the slice normal
-    (ascending), values after rescale slope/intercept (HU for CT).
+    ``stored`` has shape (slices, rows, columns) ordered along the slice normal
+    (ascending), in the stored type (uint8/int16/uint16 as decoded; float32 when
+    the slices had different rescales and were rescaled while stacking).
+    ``voxels`` is ``stored * slope + intercept`` (HU for CT), computed on first use:
+    the engine's preprocessing paths read ``stored`` directly.
     ``frames`` maps each slice index to (index into ``sources``, 1-based frame number).
     """
 
-    voxels: np.ndarray
+    stored: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     orientation: tuple[float, ...]
     sources: list[Any]
     frames: list[tuple[int, int]]
     series: SeriesInfo
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    @cached_property
+    def voxels(self) -> np.ndarray:
+        """Values in physical units as float32: ``stored * slope + intercept``."""
+        voxels = self.stored.astype(np.float32)
+        if self.slope != 1.0:
+            voxels *= np.float32(self.slope)
+        if self.intercept != 0.0:
+            voxels += np.float32(self.intercept)
+        return voxels
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns)."""
+        return tuple(int(n) for n in self.stored.shape)  # type: ignore[return-value]
 
     @property
     def voxel_volume_ml(self) -> float:
@@ -121,6 +142,13 @@ class ModelSpec:
     ``load_network`` builds the torch module with its weights (called once per worker);
     ``handler`` does pre/postprocessing; ``selector`` says which series the model takes.
     ``outputs`` names registered output writers, run in order.
+
+    ``input_shape`` is one item's typical network input, (C, H, W) or (C, D, H, W):
+    it is the example for ONNX export, TensorRT's optimum profile and backend
+    probing. ``min_input_shape``/``max_input_shape`` bound the axes that vary
+    between series (default: fixed at ``input_shape``); a varying axis must be a
+    multiple of ``shape_multiple`` (a U-Net's pooling depth). A model without an
+    ``input_shape`` runs on the torch backend only.
     """
 
     name: str
@@ -131,6 +159,10 @@ class ModelSpec:
     handler: ModelHandler
     outputs: tuple[str, ...] = OUTPUT_KINDS_BUILTIN
     max_batch: int = 16
+    input_shape: tuple[int, ...] = ()
+    min_input_shape: tuple[int, ...] = ()
+    max_input_shape: tuple[int, ...] = ()
+    shape_multiple: int = 1
 
     def check(self) -> None:
         """Raise :class:`PluginError` naming the model when a field is unusable."""
@@ -149,6 +181,27 @@ class ModelSpec:
             raise PluginError(f"{where}: outputs must name at least one output writer")
         if self.max_batch < 1:
             raise PluginError(f"{where}: max_batch must be >= 1")
+        shapes = {"input_shape": self.input_shape, "min_input_shape": self.min_input_shape,
+                  "max_input_shape": self.max_input_shape}
+        for key, shape in shapes.items():
+            if shape and (not all(isinstance(n, int) and n >= 1 for n in shape) or len(shape) not in (3, 4)):
+                raise PluginError(f"{where}: {key} must be 3 or 4 positive ints (C, H, W) or (C, D, H, W), got {shape}")
+        if (self.min_input_shape or self.max_input_shape) and not self.input_shape:
+            raise PluginError(f"{where}: min_input_shape/max_input_shape need input_shape")
+        if self.shape_multiple < 1:
+            raise PluginError(f"{where}: shape_multiple must be >= 1")
+        low, high = self.input_bounds()
+        if self.input_shape and not all(lo <= n <= hi for lo, n, hi in zip(low, self.input_shape, high)):
+            raise PluginError(f"{where}: need min_input_shape <= input_shape <= max_input_shape on every axis, "
+                              f"got {low} / {self.input_shape} / {high}")
+
+    def input_bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(smallest, largest) per-item input shape; both ``input_shape`` where not declared."""
+        low = self.min_input_shape or self.input_shape
+        high = self.max_input_shape or self.input_shape
+        if len(low) != len(self.input_shape) or len(high) != len(self.input_shape):
+            raise PluginError(f"model {self.name!r}: input shape bounds must have as many axes as input_shape")
+        return tuple(low), tuple(high)
 
 
 class PluginError(Exception):

@@ -98,10 +98,23 @@ class WorkerConfig(_Section):
     """Workers started by ``scanstream serve`` and the defaults of ``scanstream worker``."""
 
     count: int = Field(1, ge=0)
-    capacity: int = Field(1, ge=1)
+    capacity: int = Field(2, ge=1, description="jobs one worker computes at once; their items share batches")
     device: Literal["cpu", "cuda"] = "cpu"
     torch_threads: int = Field(0, ge=0, description="0 = torch's default")
     broker: str = ""
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    precision: Literal["fp32", "fp16"] = Field("fp16", description="on CUDA; CPU backends always run fp32")
+    max_batch_delay_ms: float = Field(2.0, ge=0, description="longest wait for more items before a batch runs")
+    batches_in_flight: int = Field(0, ge=0, description="0 = 1 on the CPU, 2 on CUDA")
+    model_cache: str = Field("", description="folder for ONNX exports, TensorRT plans and backend timings; "
+                                             "empty = $XDG_CACHE_HOME/scanstream/models or ~/.cache/scanstream/models")
+
+    def model_cache_path(self) -> Path:
+        """Where derived model files are kept (see ``model_cache``)."""
+        if self.model_cache:
+            return Path(self.model_cache).expanduser()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "scanstream" / "models"
 
 
 class HttpConfig(_Section):

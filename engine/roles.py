@@ -118,7 +118,7 @@ def worker_name(index: int = 0) -> str:
 def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: str | None = None) -> None:
     """One worker process: load plugins, connect to the broker, process jobs until ``stop``."""
     plugins = load_plugins(config)
-    runner = JobRunner(plugins, device=config.worker.device, threads=config.worker.torch_threads)
+    runner = JobRunner(plugins, config.worker)
     runner.warm_up()
     link = WorkerLink(
         broker,
@@ -130,7 +130,10 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
         liveness=config.broker.heartbeat_liveness,
     )
     log.info("worker.started", broker=broker, models=",".join(runner.model_names()))
-    link.run(stop)
+    try:
+        link.run(stop)
+    finally:
+        runner.close()
     log.info("worker.stopped")
 
 

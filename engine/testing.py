@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +44,10 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+# ONNX exports and backend timings are keyed by weights and host, so test engines share them.
+TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "scanstream-test-model-cache"
+
+
 @dataclass
 class EngineProcess:
     """``scanstream serve`` in a subprocess, on free ports, with its data under ``data_dir``."""
@@ -54,6 +59,7 @@ class EngineProcess:
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     ae_title: str = "SCANSTREAM"
+    model_cache: Path = field(default_factory=lambda: TEST_MODEL_CACHE)
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -69,7 +75,7 @@ class EngineProcess:
             "assembler": {"idle_timeout_s": self.idle_timeout_s},
             "broker": {"bind": f"tcp://127.0.0.1:{self.broker_port}",
                        "heartbeat_interval_s": self.heartbeat_interval_s},
-            "worker": {"count": self.workers, "torch_threads": 1},
+            "worker": {"count": self.workers, "torch_threads": 1, "model_cache": str(self.model_cache)},
             "http": {"host": "127.0.0.1", "port": self.http_port},
         }
         for name, values in self.extra.items():

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.plan import SlicePlan
+
 SMOOTH_MODES = ("bilinear", "bicubic", "trilinear")
 
 
@@ -96,3 +98,41 @@ def spacing_to_size(shape: tuple[int, ...], spacing: tuple[float, ...], target: 
     if len(shape) != len(spacing) or len(shape) != len(target):
         raise ValueError("shape, spacing and target must have the same length")
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+CHUNK_SLICES = 4  # slices per step of the fused CPU path: a chunk's float copy stays in cache (4 measured best)
+
+
+def context_index(slices: int, radius: int, step: int) -> torch.Tensor:
+    """(S, 2 * radius + 1) indices of each slice's neighbours ``step`` apart, clamped at the ends."""
+    offsets = torch.arange(-radius, radius + 1) * step
+    return (torch.arange(slices)[:, None] + offsets[None, :]).clamp(0, slices - 1)
+
+
+def run_slice_plan(stored: np.ndarray | torch.Tensor, plan: SlicePlan, *, chunk: int = CHUNK_SLICES) -> torch.Tensor:
+    """Stored (S, H, W) values to the network input (S, C, H', W') of ``plan``: the CPU worker's fused path.
+
+    Per chunk of slices: one conversion to float32, bilinear resampling of the
+    stored values (resampling is linear, so it commutes with the rescale), then
+    rescale + window + normalise folded into one multiply-add and a clamp, written
+    into the padded output. No float copy of the whole series and no Python loop
+    over pixels; ~1.4 GB/s of int16 input on 2 cores (``benchmarks/preprocess.py``).
+    """
+    source = torch.as_tensor(stored)
+    if source.ndim != 3:
+        raise ValueError(f"expected stored (S, H, W), got shape {tuple(source.shape)}")
+    slices = int(source.shape[0])
+    height, width = plan.size
+    pad_h, pad_w = plan.padded_size()
+    a, b, low, high = plan.intensity.folded()
+    planes = torch.empty((slices, 1, pad_h, pad_w), dtype=torch.float32)
+    planes[:, :, height:, :].fill_(plan.intensity.pad_value)  # only the padding: every other value is written below
+    planes[:, :, :height, width:].fill_(plan.intensity.pad_value)
+    target = planes[:, :, :height, :width]
+    for start in range(0, slices, chunk):
+        part = source[start:start + chunk].to(torch.float32, copy=True)[:, None]  # never alias the caller's data
+        part = resize_slices(part, (height, width))
+        target[start:start + chunk].copy_(part.mul_(a).add_(b).clamp_(low, high))
+    if plan.context_radius:
+        planes = planes[:, 0][context_index(slices, plan.context_radius, plan.context_step)]
+    return planes.to(torch.float16) if np.dtype(plan.dtype) == np.dtype(np.float16) else planes

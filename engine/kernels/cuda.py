@@ -13,7 +13,6 @@ and the output buffer; the preprocessor owns a device scratch buffer for the sto
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.kernels.build import build_cubin
+from engine.kernels.plan import Intensity, SlicePlan
 
 INPUT_CODES = {np.dtype(np.uint8): "u8", np.dtype(np.int16): "i16", np.dtype(np.uint16): "u16"}
 OUTPUT_CODES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
@@ -33,41 +33,6 @@ BLOCKS_PER_SM = 8
 
 class CudaUnavailable(RuntimeError):
     """pycuda is not installed or no CUDA device/context can be used."""
-
-
-@dataclass(frozen=True)
-class Intensity:
-    """Rescale, window and normalise parameters: ``(clamp(v * slope + intercept, low, high) - offset) * scale``."""
-
-    low: float
-    high: float
-    offset: float
-    scale: float
-    slope: float = 1.0
-    intercept: float = 0.0
-    pad_value: float = 0.0
-
-    @classmethod
-    def window(cls, low: float, high: float, slope: float = 1.0, intercept: float = 0.0,
-               pad_value: float = 0.0) -> "Intensity":
-        """Window [low, high] mapped onto [0, 1], as :func:`engine.kernels.cpu.window_normalise`."""
-        if not high > low:
-            raise ValueError(f"window high ({high}) must exceed low ({low})")
-        return cls(low, high, low, 1.0 / (high - low), slope, intercept, pad_value)
-
-    @classmethod
-    def zscore(cls, low: float, high: float, mean: float, std: float, slope: float = 1.0,
-               intercept: float = 0.0, pad_value: float = 0.0) -> "Intensity":
-        """Clip to [low, high], then ``(x - mean) / std``."""
-        if not high > low:
-            raise ValueError(f"window high ({high}) must exceed low ({low})")
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std}")
-        return cls(low, high, mean, 1.0 / std, slope, intercept, pad_value)
-
-    def kernel_args(self) -> tuple[float, ...]:
-        """The trailing float parameters of every kernel, in order."""
-        return (self.slope, self.intercept, self.low, self.high, self.offset, self.scale, self.pad_value)
 
 
 def kernel_name(ndim: int, stored: np.dtype, out: np.dtype) -> str:
@@ -195,3 +160,24 @@ class CudaPreprocessor:
         function.prepared_async_call(self._grid(total), (self._block, 1, 1), stream, src, device_pointer(dst),
                                      *map(int, dims), *intensity.kernel_args())
         return shape
+
+    def run_slice_plan(self, stored: np.ndarray, plan: SlicePlan, device: Any = "cuda") -> Any:
+        """Stored (S, H, W) values to ``plan``'s network input as a torch CUDA tensor (S, C, H', W').
+
+        One kernel launch writes the windowed, resampled, padded slices straight
+        into a torch tensor on the device; 2.5D neighbours are then gathered on the
+        device. Launched on the default stream, which torch's default stream
+        follows, so the network's first kernel runs after this one.
+        """
+        import torch
+
+        slices = int(stored.shape[0])
+        out_dtype = np.dtype(plan.dtype)
+        planes = torch.empty((slices, 1, *plan.padded_size()), device=device,
+                             dtype=torch.float16 if out_dtype == np.dtype(np.float16) else torch.float32)
+        self.slices(stored, planes, plan.size, plan.intensity, multiple=plan.multiple, out_dtype=out_dtype)
+        if not plan.context_radius:
+            return planes
+        from engine.kernels.cpu import context_index
+
+        return planes[:, 0][context_index(slices, plan.context_radius, plan.context_step).to(planes.device)]

@@ -118,7 +118,7 @@ def _pixels(ds: Dataset, index: int) -> np.ndarray:
 
 
 def build_volume(datasets: Sequence[Dataset], series: SeriesInfo) -> Volume:
-    """Stack all frames ordered along the slice normal, rescaled to float32."""
+    """Stack all frames ordered along the slice normal, keeping the stored type when one rescale fits all."""
     frames, orientation, (row_mm, col_mm) = _frame_geometry(datasets)
     normal = slice_normal(orientation)
     distances = np.array([np.dot(f.position, normal) for f in frames])
@@ -129,9 +129,13 @@ def build_volume(datasets: Sequence[Dataset], series: SeriesInfo) -> Volume:
     decoded = [_pixels(ds, i) for i, ds in enumerate(datasets)]
     stacked = np.concatenate(decoded, axis=0)  # frames in source order
     raw = stacked[order]
-    slopes = np.array([frames[i].slope for i in order], dtype=np.float32)[:, None, None]
-    intercepts = np.array([frames[i].intercept for i in order], dtype=np.float32)[:, None, None]
-    voxels = raw.astype(np.float32) * slopes + intercepts
+    rescales = {(frames[i].slope, frames[i].intercept) for i in order}
+    if len(rescales) == 1:
+        stored, (slope, intercept) = raw, rescales.pop()
+    else:  # slices rescaled differently: stack physical values, so one (slope, intercept) holds for all
+        slopes = np.array([frames[i].slope for i in order], dtype=np.float32)[:, None, None]
+        intercepts = np.array([frames[i].intercept for i in order], dtype=np.float32)[:, None, None]
+        stored, slope, intercept = raw.astype(np.float32) * slopes + intercepts, 1.0, 0.0
     sorted_distances = distances[order]
     gaps = np.diff(sorted_distances)
     if len(gaps):
@@ -140,13 +144,15 @@ def build_volume(datasets: Sequence[Dataset], series: SeriesInfo) -> Volume:
         slice_mm = float(getattr(datasets[0], "SliceThickness", 1.0) or 1.0)
     first = frames[order[0]]
     return Volume(
-        voxels=voxels,
+        stored=stored,
         spacing=(abs(slice_mm) or 1.0, row_mm, col_mm),
         origin=first.position,
         orientation=tuple(orientation),
         sources=list(datasets),
         frames=[(frames[i].source, frames[i].frame) for i in order],
         series=series,
+        slope=float(slope),
+        intercept=float(intercept),
     )
 
 

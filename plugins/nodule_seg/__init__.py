@@ -14,7 +14,7 @@ import torch
 from engine import hookimpl
 from engine.api import ModelRegistry, ModelSpec, SeriesInfo
 from plugins.nodule_seg.handler import NoduleSegHandler
-from plugins.nodule_seg.network import UNet2D
+from plugins.nodule_seg.network import DEPTH_MULTIPLE, IN_CHANNELS, UNet2D
 
 WEIGHTS = Path(__file__).with_name("weights.pt")
 MODEL_NAME = "nodule-seg"
@@ -46,4 +46,8 @@ def scanstream_register_models(registry: ModelRegistry) -> None:
         handler=NoduleSegHandler(),
         outputs=("result_json", "seg"),
         max_batch=16,
+        input_shape=(IN_CHANNELS, 256, 256),
+        min_input_shape=(IN_CHANNELS, DEPTH_MULTIPLE, DEPTH_MULTIPLE),
+        max_input_shape=(IN_CHANNELS, 1024, 1024),
+        shape_multiple=DEPTH_MULTIPLE,
     ))

@@ -26,7 +26,7 @@ def phantom_volume(phantom: CTPhantom) -> Volume:
     """The Volume a worker would decode from the phantom's DICOM files."""
     slices = phantom.hu.shape[0]
     return Volume(
-        voxels=phantom.hu.astype(np.float32),
+        stored=phantom.hu,
         spacing=phantom.spacing,
         origin=phantom.origin,
         orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),

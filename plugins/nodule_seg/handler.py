@@ -13,7 +13,8 @@ import torch
 from scipy import ndimage
 
 from engine.api import Finding, ModelResult, Volume
-from engine.kernels.cpu import neighbour_slices, pad_to_multiple, resize_slices, spacing_to_size, window_normalise
+from engine.kernels.cpu import pad_to_multiple, resize_slices, run_slice_plan, spacing_to_size, window_normalise
+from engine.kernels.plan import Intensity, SlicePlan
 from plugins.nodule_seg.network import DEPTH_MULTIPLE, IN_CHANNELS
 
 LUNG_WINDOW_HU = (-1000.0, 400.0)
@@ -27,7 +28,7 @@ CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected component
 
 def working_size(volume: Volume) -> tuple[int, int]:
     """In-plane (rows, cols) the network sees: resampled to :data:`MODEL_PIXEL_MM` unless already close."""
-    rows, cols = volume.voxels.shape[1:]
+    rows, cols = volume.shape[1:]
     _, row_mm, col_mm = volume.spacing
     if all(abs(mm / MODEL_PIXEL_MM - 1.0) <= SPACING_TOLERANCE for mm in (row_mm, col_mm)):
         return int(rows), int(cols)
@@ -75,14 +76,19 @@ def _summary(findings: list[Finding]) -> str:
 class NoduleSegHandler:
     """Implements :class:`engine.api.ModelHandler` for :class:`~plugins.nodule_seg.network.UNet2D` (2.5D slices)."""
 
+    def plan(self, volume: Volume) -> SlicePlan:
+        """Lung window, resampling to the training pixel size, padding, and the two neighbouring slices."""
+        return SlicePlan(size=working_size(volume),
+                         intensity=Intensity.window(*LUNG_WINDOW_HU).with_rescale(volume.slope, volume.intercept),
+                         multiple=DEPTH_MULTIPLE, context_radius=IN_CHANNELS // 2, context_step=neighbour_step(volume))
+
     def preprocess(self, volume: Volume) -> torch.Tensor:
-        """The volume as a batch of windowed slices with their neighbours (S, 3, H', W'), float32."""
-        images = preprocess_volume(volume.voxels, working_size(volume))
-        return neighbour_slices(images, radius=IN_CHANNELS // 2, step=neighbour_step(volume))
+        """The volume as a batch of windowed slices with their neighbours (S, 3, H', W'), float32 (CPU path)."""
+        return run_slice_plan(volume.stored, self.plan(volume))
 
     def postprocess(self, output: torch.Tensor, volume: Volume) -> ModelResult:
         """Logits (S, 1, H', W') to 3D nodule components: label map, volumes, centroids."""
-        rows, cols = volume.voxels.shape[1:]
+        rows, cols = volume.shape[1:]
         height, width = working_size(volume)
         logits = torch.as_tensor(output).detach().to("cpu", torch.float32)[:, :, :height, :width]
         logits = resize_slices(logits, (rows, cols))[:, 0]
