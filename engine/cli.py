@@ -1,4 +1,4 @@
-"""The ``scanstream`` command: serve, receiver, worker, send, demo, plugins, status, requeue."""
+"""The ``scanstream`` command: serve, receiver, worker, send, demo, plugins, models, status, requeue."""
 
 from __future__ import annotations
 
@@ -113,13 +113,41 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     print("plugins:")
     for name in loaded.plugin_names:
         print(f"  {name}")
+    from engine.runtime.prepare import describe_choice
+
+    config = _config(args)
     print("models:")
     for spec in loaded.models.all():
-        print(f"  {spec.name} {spec.version}  outputs={','.join(spec.outputs)}  backend=torch  {spec.description}")
+        print(f"  {spec.name} {spec.version}  outputs={','.join(spec.outputs)}  {spec.description}")
+        print(f"    backend: {describe_choice(spec, config.worker, measure=not args.no_measure)}")
     print("outputs:")
     for kind in loaded.outputs.kinds():
         print(f"  {kind}")
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Export, build and time models now, so workers start without doing it."""
+    from engine.plugins import load_plugins
+    from engine.runtime.prepare import prepare_model
+
+    config = _config(args)
+    loaded = load_plugins(config)
+    names = args.model or [spec.name for spec in loaded.models.all()]
+    failures = 0
+    print(f"model cache: {config.worker.model_cache_path()}")
+    for name in names:
+        prepared = prepare_model(loaded.models.get(name), config.worker, refresh=args.refresh)
+        print(f"{prepared.name} {prepared.version}")
+        print(f"  onnx: {prepared.onnx or 'none (no input_shape declared)'}")
+        if prepared.plan is not None:
+            print(f"  tensorrt plan: {prepared.plan}")
+        if prepared.problem is not None:
+            failures += 1
+            print(f"  problem: {prepared.problem}")
+        elif prepared.choice is not None:
+            print(f"  backend: {prepared.choice.backend} on {prepared.choice.device}: {prepared.choice.reason}")
+    return 1 if failures else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -201,7 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path)
     demo.add_argument("--seed", type=int, default=2024)
     demo.add_argument("--timeout", type=float, default=180.0)
-    add("plugins", cmd_plugins, "list plugins, models and outputs")
+    plugins = add("plugins", cmd_plugins, "list plugins, models (with the backend each will use, and why) and outputs")
+    plugins.add_argument("--no-measure", action="store_true",
+                         help="do not time CPU backends that have not been timed on this host yet")
+    models = add("models", cmd_models, "prepare models ahead of time: ONNX export, TensorRT plan, backend timing")
+    models.add_argument("action", choices=["build"])
+    models.add_argument("--model", action="append", help="only this model (repeatable; default all)")
+    models.add_argument("--refresh", action="store_true", help="time the CPU backends again")
     status = add("status", cmd_status, "studies, queue depth, in-flight and failed jobs")
     status.add_argument("--data-dir", type=Path)
     status.add_argument("--json", action="store_true")

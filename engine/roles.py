@@ -31,6 +31,8 @@ from engine.receiver.ledger import Ledger
 from engine.receiver.router import Router
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
+from engine.runtime.base import BackendError
+from engine.runtime.export import ExportError
 from engine.worker.runner import JobRunner
 
 log = get_logger(__name__)
@@ -119,7 +121,12 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
     """One worker process: load plugins, connect to the broker, process jobs until ``stop``."""
     plugins = load_plugins(config)
     runner = JobRunner(plugins, config.worker)
-    runner.warm_up()
+    try:
+        runner.warm_up()
+    except (BackendError, ExportError) as error:
+        log.error("worker.model_unavailable", reason=str(error), backend=config.worker.backend,
+                  device=config.worker.device)
+        raise SystemExit(2) from error
     link = WorkerLink(
         broker,
         name or worker_name(),

@@ -19,9 +19,37 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.Ca
 def test_plugins_lists_models_and_outputs(tmp_path: Path, capsys: pytest.CaptureFixture,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["plugins"]) == 0
+    monkeypatch.setenv("SCANSTREAM_WORKER__MODEL_CACHE", str(tmp_path / "cache"))
+    assert main(["plugins", "--no-measure"]) == 0
     out = capsys.readouterr().out
     assert "nodule-seg 1.0.0" in out and "seg" in out and "result_json" in out
+    assert "backend: torch or onnxruntime: not timed on this host yet" in out
+
+
+def test_models_build_exports_times_and_plugins_then_shows_the_choice(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.testing import TEST_MODEL_CACHE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCANSTREAM_WORKER__MODEL_CACHE", str(TEST_MODEL_CACHE))  # shared: export once per machine
+    monkeypatch.setenv("SCANSTREAM_WORKER__TORCH_THREADS", "1")
+    assert main(["models", "build", "--model", "nodule-seg"]) == 0
+    built = capsys.readouterr().out
+    assert "model.onnx" in built and "backend: " in built and "items/s" in built
+    assert main(["plugins", "--no-measure"]) == 0
+    listed = capsys.readouterr().out
+    chosen = next(line for line in built.splitlines() if line.strip().startswith("backend:")).split(":")[1].strip()
+    assert f"backend: {chosen.split()[0]} on cpu: fastest on this CPU" in listed
+
+
+def test_a_configured_backend_this_machine_lacks_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCANSTREAM_WORKER__MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCANSTREAM_WORKER__BACKEND", "tensorrt")
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "backend: tensorrt on cuda (named by worker.backend in the configuration) cannot run here:" in out
 
 
 def test_status_without_a_ledger(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -41,6 +41,23 @@ def test_per_slice_rescale_is_applied() -> None:
     volume = decode_series(payload, SERIES)
     assert volume.voxels.dtype == np.float32
     assert volume.voxels[:, 0, 0].tolist() == [15.0, 10.0]
+    assert volume.stored.dtype == np.float32 and (volume.slope, volume.intercept) == (1.0, 0.0)
+
+
+def test_one_rescale_for_all_slices_keeps_the_stored_type() -> None:
+    payload = [ct_slice(z, value=1000 + int(z)) for z in (0.0, 1.0, 2.0)]
+    volume = decode_series(payload, SERIES)
+    assert volume.stored.dtype == np.dtype(payload_dtype(payload[0]))
+    assert (volume.slope, volume.intercept) == (1.0, -1024.0)
+    assert volume.voxels[:, 0, 0].tolist() == [1000 - 1024, 1001 - 1024, 1002 - 1024]
+    assert volume.shape == (3, 4, 4)
+
+
+def payload_dtype(raw: bytes) -> np.dtype:
+    """The numpy type pydicom decodes this test slice's pixels to."""
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(raw)).pixel_array.dtype
 
 
 def test_unreadable_instance_is_a_decode_error() -> None:

@@ -67,3 +67,44 @@ def test_bad_data_unknown_model_and_version_fail_without_retry() -> None:
     assert isinstance(unknown, JobFailed) and not unknown.retryable and "unknown model" in unknown.reason
     old = run.handle(request([ct_slice(0.0, 1)], version="0"))
     assert isinstance(old, JobFailed) and not old.retryable and "version" in old.reason
+
+
+class ScaledHandler:
+    """Feeds slices at a fixed 8x8 size to a model that declares its input shape, returns the mean output."""
+
+    def preprocess(self, volume):
+        return torch.nn.functional.interpolate(torch.from_numpy(volume.voxels[:, None]), size=(8, 8))
+
+    def postprocess(self, output, volume):
+        return ModelResult(summary=f"mean {float(output.mean()):.3f}", label_map=None, segment_labels=[],
+                           findings=[Finding("mean", probability=float(output.mean()))])
+
+
+def seeded_conv() -> torch.nn.Module:
+    """The same 1x1 convolution on every load, as committed weights would be."""
+    torch.manual_seed(5)
+    return torch.nn.Conv2d(1, 1, 1, bias=False)
+
+
+def test_a_model_with_an_input_shape_runs_on_the_configured_backend(tmp_path) -> None:
+    from engine.config import WorkerConfig
+
+    models, outputs = ModelRegistry(), OutputRegistry()
+    outputs.add("result_json", ResultJsonWriter())
+    models.add(ModelSpec(name="scaled", version="1", description="", selector=lambda s: True,
+                         load_network=seeded_conv, handler=ScaledHandler(),
+                         outputs=("result_json",), max_batch=2, input_shape=(1, 8, 8)))
+    payload = [ct_slice(float(z), value=1024 + 10 * z) for z in range(3)]
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        job_runner = JobRunner(LoadedPlugins(models, outputs, ("test",)),
+                               WorkerConfig(backend=backend, model_cache=str(tmp_path)))
+        try:
+            outcome = job_runner.handle(request(payload, model="scaled"))
+        finally:
+            job_runner.close()
+        assert isinstance(outcome, JobDone), outcome
+        document = json.loads(dict((name, data) for name, _, data in outcome.artifacts)["result.json"])
+        assert document["backend"] == f"{backend}:cpu" + (":float32" if backend == "torch" else "")
+        results[backend] = outcome.result["findings"][0]["probability"]
+    assert abs(results["torch"] - results["onnxruntime"]) < 1e-4
