@@ -108,3 +108,19 @@ def test_a_model_with_an_input_shape_runs_on_the_configured_backend(tmp_path) ->
         assert document["backend"] == f"{backend}:cpu" + (":float32" if backend == "torch" else "")
         results[backend] = outcome.result["findings"][0]["probability"]
     assert abs(results["torch"] - results["onnxruntime"]) < 1e-4
+
+
+def test_the_nodule_model_through_the_runner_on_both_cpu_backends(tmp_path) -> None:
+    from engine.config import WorkerConfig
+    from tests.unit.test_gpu_path import run_nodule_job
+
+    findings = {}
+    for backend in ("torch", "onnxruntime"):
+        from engine.testing import TEST_MODEL_CACHE
+
+        outcome = run_nodule_job(tmp_path / backend, WorkerConfig(backend=backend, model_cache=str(TEST_MODEL_CACHE)))
+        assert isinstance(outcome, JobDone), outcome
+        findings[backend] = [(f["label"], f["voxel_count"]) for f in outcome.result["findings"]]
+    assert findings["torch"] and len(findings["torch"]) == len(findings["onnxruntime"])
+    for (label, count), (other_label, other_count) in zip(findings["torch"], findings["onnxruntime"]):
+        assert label == other_label and abs(count - other_count) <= max(2, count // 200)  # logits differ by ~1e-4
