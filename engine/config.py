@@ -106,6 +106,8 @@ class WorkerConfig(_Section):
     precision: Literal["fp32", "fp16"] = Field("fp16", description="on CUDA; CPU backends always run fp32")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="longest wait for more items before a batch runs")
     batches_in_flight: int = Field(0, ge=0, description="0 = 1 on the CPU, 2 on CUDA")
+    channels_last: bool = Field(False, description="torch backend: channels-last memory format for 4D inputs")
+    torch_compile: bool = Field(False, description="torch backend: compile the network with torch.compile")
     model_cache: str = Field("", description="folder for ONNX exports, TensorRT plans and backend timings; "
                                              "empty = $XDG_CACHE_HOME/scanstream/models or ~/.cache/scanstream/models")
 

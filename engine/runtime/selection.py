@@ -46,12 +46,17 @@ class BackendChoice:
     measured: dict[str, float] = field(default_factory=dict)
 
 
-def make_backend(name: str, device: str, *, threads: int = 0, precision: str = "fp32") -> Backend:
-    """A fresh, uninitialised backend ``name`` for ``device``; :class:`BackendUnavailable` if it cannot run here."""
+def make_backend(name: str, device: str, *, threads: int = 0, precision: str = "fp32", channels_last: bool = False,
+                 compile: bool = False) -> Backend:
+    """A fresh, uninitialised backend ``name`` for ``device``; :class:`BackendUnavailable` if it cannot run here.
+
+    ``channels_last`` and ``compile`` apply to the torch backend only.
+    """
     if name == "torch":
         from engine.runtime.torch_backend import TorchBackend
 
-        return TorchBackend(device, threads=threads, precision=precision if device.startswith("cuda") else "fp32")
+        return TorchBackend(device, threads=threads, precision=precision if device.startswith("cuda") else "fp32",
+                            channels_last=channels_last, compile=compile)
     if name == "onnxruntime":
         from engine.runtime.onnx_backend import OnnxRuntimeBackend
 

@@ -124,3 +124,20 @@ def test_the_nodule_model_through_the_runner_on_both_cpu_backends(tmp_path) -> N
     assert findings["torch"] and len(findings["torch"]) == len(findings["onnxruntime"])
     for (label, count), (other_label, other_count) in zip(findings["torch"], findings["onnxruntime"]):
         assert label == other_label and abs(count - other_count) <= max(2, count // 200)  # logits differ by ~1e-4
+
+
+def test_torch_options_channels_last_and_compile_give_the_same_result(tmp_path) -> None:
+    from engine.config import WorkerConfig
+    from engine.runtime.artifacts import ModelArtifacts
+    from engine.runtime.selection import make_backend
+    from tests.unit.test_onnx_backend import builtin_specs
+
+    artifacts = ModelArtifacts(builtin_specs()[0], tmp_path)
+    inputs = artifacts.example_input(2)[..., :64, :64]
+    plain = make_backend("torch", "cpu")
+    plain.initialize(artifacts)
+    expected = plain._run(inputs)[0]
+    settings = WorkerConfig(channels_last=True)
+    shaped = make_backend("torch", "cpu", channels_last=settings.channels_last)
+    shaped.initialize(artifacts)
+    assert float((shaped._run(inputs)[0] - expected).abs().max()) < 1e-4
