@@ -159,20 +159,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no ledger at {path}: nothing received yet", file=sys.stderr)
         return 1
+    from engine.latency import percentiles
+
     ledger = Ledger(path)
     try:
         counts = ledger.status_counts()
         failed = [job for job in ledger.list_jobs() if job.state in ("failed", "dead")]
+        latency = percentiles(ledger.timelines())
     finally:
         ledger.close()
     if args.json:
         print(json.dumps({"counts": counts, "failed": [
-            {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed]}, indent=2))
+            {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed],
+            "latency_s": latency}, indent=2))
         return 0
     for key, value in counts.items():
         print(f"{key:>22}: {value}")
     for job in failed:
         print(f"  {job.state}: job {job.job_id} model {job.model}: {job.reason}")
+    if latency:
+        print("latency of done jobs (seconds):")
+        print(f"{'stage':>14} {'count':>6} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+        for stage, row in latency.items():
+            print(f"{stage:>14} {row['count']:>6} {row['p50']:>9.4f} {row['p95']:>9.4f} {row['p99']:>9.4f} "
+                  f"{row['max']:>9.4f}")
     return 0
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 
 from engine.broker.broker import CLEAN_REASONS, OutgoingJob, WorkerInfo
+from engine.latency import StageHistograms
 from engine.logs import get_logger
 from engine.outputs.store import ResultStore
 from engine.receiver.ledger import Ledger
@@ -24,10 +25,12 @@ log = get_logger(__name__)
 class LedgerJobSource:
     """Implements the broker's ``JobSource`` on the ledger, spool and result store."""
 
-    def __init__(self, ledger: Ledger, spool: Spool, results: ResultStore) -> None:
+    def __init__(self, ledger: Ledger, spool: Spool, results: ResultStore,
+                 histograms: StageHistograms | None = None) -> None:
         self._ledger = ledger
         self._spool = spool
         self._results = results
+        self._histograms = histograms
 
     def next_job(self, worker: WorkerInfo) -> OutgoingJob | None:
         """Lease the most urgent queued job this worker can run, with its instance files."""
@@ -58,9 +61,17 @@ class LedgerJobSource:
         study_key = self._ledger.study_key(series.study_uid)
         files = [(meta["name"], data) for meta, data in artifacts]
         folder = self._results.file(study_key, job.model, self._ledger.series_key(job.series_uid), files)
-        if self._ledger.complete_job(job_id, attempt, str(folder), time.time()):
+        stages = {str(k): float(v) for k, v in (result.get("timings_s") or {}).items()
+                  if isinstance(v, (int, float))}
+        if self._ledger.complete_job(job_id, attempt, str(folder), time.time(), stages):
+            (timeline,) = self._ledger.timelines([job_id])
+            if self._histograms is not None:
+                self._histograms.observe(timeline)
+            seconds = timeline.stage_seconds()
             log.info("job.done", job=job_id, model=job.model, study_key=study_key,
-                     artifacts=len(files), summary_findings=len(result.get("findings", [])))
+                     artifacts=len(files), summary_findings=len(result.get("findings", [])),
+                     end_to_end_s=round(seconds.get("end_to_end", 0.0), 4),
+                     overhead_s=round(seconds.get("end_to_end", 0.0) - seconds.get("infer", 0.0), 4))
         else:
             log.warning("job.stale_result", job=job_id, attempt=attempt)
 

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from engine.logs import get_logger
@@ -18,16 +18,27 @@ log = get_logger(__name__)
 class StatusCollector(Collector):
     """Reads ledger and broker state at scrape time, so the figures are never stale."""
 
-    def __init__(self, job_counts: Callable[[], dict[str, int]], workers: Callable[[], int]) -> None:
+    def __init__(self, job_counts: Callable[[], dict[str, int]], workers: Callable[[], int],
+                 received: Callable[[], tuple[int, int]] | None = None) -> None:
         self._job_counts = job_counts
         self._workers = workers
+        self._received = received
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        counts = self._job_counts()
         jobs = GaugeMetricFamily("scanstream_jobs", "Jobs by state", labels=["state"])
-        for state, count in sorted(self._job_counts().items()):
+        for state, count in sorted(counts.items()):
             jobs.add_metric([state], count)
         yield jobs
+        yield GaugeMetricFamily("scanstream_queue_depth", "Jobs queued, waiting for a worker",
+                                value=counts.get("queued", 0))
         yield GaugeMetricFamily("scanstream_workers_connected", "Workers heartbeating", value=self._workers())
+        if self._received is not None:
+            instances, size = self._received()  # from the ledger: survives restarts, counts only stored instances
+            yield CounterMetricFamily("scanstream_instances_received", "Instances stored and acknowledged",
+                                      value=instances)
+            yield CounterMetricFamily("scanstream_received_bytes", "Bytes of instances stored and acknowledged",
+                                      value=size)
 
 
 class HealthServer:

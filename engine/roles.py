@@ -23,6 +23,7 @@ from engine.broker.worker_link import WorkerLink
 from engine.config import EngineConfig, config_as_env
 from engine.dispatch import LedgerJobSource
 from engine.http import HealthServer, StatusCollector
+from engine.latency import StageHistograms
 from engine.logs import get_logger
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins, load_plugins
@@ -48,9 +49,10 @@ class ReceiverRole:
         self.ledger = Ledger(storage.ledger_path)
         self.spool = Spool(storage.spool_dir)
         self.results = ResultStore(storage.results_dir)
+        self.metrics = CollectorRegistry()
         self.broker = Broker(
             config.broker.bind,
-            LedgerJobSource(self.ledger, self.spool, self.results),
+            LedgerJobSource(self.ledger, self.spool, self.results, StageHistograms(self.metrics)),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
         )
@@ -73,9 +75,9 @@ class ReceiverRole:
             network_timeout=receiver.network_timeout_s,
             duplicate_policy=receiver.duplicate_policy,
         )
-        registry = CollectorRegistry()
-        registry.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers))
-        self.http = HealthServer(config.http.host, config.http.port, registry, self.ready)
+        self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
+                                              self.ledger.received_totals))
+        self.http = HealthServer(config.http.host, config.http.port, self.metrics, self.ready)
         self._started = False
 
     def _instance_stored(self, series_uid: str) -> None:

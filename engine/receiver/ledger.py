@@ -17,13 +17,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from engine.api import SeriesInfo
+from engine.latency import JobTimeline
 from engine.receiver.spool import SpoolEntry
 
 DuplicatePolicy = Literal["keep_first", "replace"]
@@ -60,6 +61,11 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE series ADD COLUMN expected_count INTEGER;
     ALTER TABLE series ADD COLUMN updates INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+    """,
+    """
+    CREATE TABLE job_stages (
+        job_id TEXT NOT NULL REFERENCES jobs, stage TEXT NOT NULL, seconds REAL NOT NULL,
+        PRIMARY KEY (job_id, stage));
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -457,12 +463,43 @@ class Ledger:
         with self._lock:
             return self._job(self._db, job_id)
 
-    def complete_job(self, job_id: str, attempt: int, result_dir: str, now: float) -> bool:
-        """Leased at ``attempt`` -> done; False (and no change) for a stale attempt."""
+    def complete_job(self, job_id: str, attempt: int, result_dir: str, now: float,
+                     stages: Mapping[str, float] | None = None) -> bool:
+        """Leased at ``attempt`` -> done, keeping the worker's stage durations (seconds) of that attempt;
+        False (and no change) for a stale attempt."""
         with self._tx() as db:
-            return db.execute("UPDATE jobs SET state = 'done', result_dir = ?, finished = ?, reason = NULL,"
+            done = db.execute("UPDATE jobs SET state = 'done', result_dir = ?, finished = ?, reason = NULL,"
                               " lease_expires = NULL WHERE job_id = ? AND state = 'leased' AND attempts = ?",
                               (result_dir, now, job_id, attempt)).rowcount == 1
+            if done:
+                db.execute("DELETE FROM job_stages WHERE job_id = ?", (job_id,))
+                db.executemany("INSERT INTO job_stages VALUES (?, ?, ?)",
+                               [(job_id, str(stage), float(seconds)) for stage, seconds in (stages or {}).items()])
+            return done
+
+    def timelines(self, job_ids: Sequence[str] | None = None, limit: int = 10000) -> list[JobTimeline]:
+        """The latency ledger of done jobs (newest first, at most ``limit``, or just ``job_ids``)."""
+        query = ("SELECT j.job_id, j.model, s.first_received, s.last_received, s.completed_at, j.created,"
+                 " j.leased, j.finished FROM jobs j JOIN series s USING (series_uid) WHERE j.state = 'done'")
+        params: tuple = ()
+        if job_ids is not None:
+            query += f" AND j.job_id IN ({','.join('?' * len(job_ids))})"
+            params = tuple(job_ids)
+        query += " ORDER BY j.finished DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, params + (limit,)).fetchall()
+            stages: dict[str, dict[str, float]] = {}
+            for job_id, stage, seconds in self._db.execute(
+                    f"SELECT job_id, stage, seconds FROM job_stages WHERE job_id IN ({','.join('?' * len(rows))})",
+                    tuple(row[0] for row in rows)).fetchall():
+                stages.setdefault(job_id, {})[stage] = seconds
+        return [JobTimeline(*row, worker_stages=stages.get(row[0], {})) for row in rows]
+
+    def received_totals(self) -> tuple[int, int]:
+        """(instances, bytes) stored so far."""
+        with self._lock:
+            count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances").fetchone()
+        return int(count), int(size)
 
     def fail_job(self, job_id: str, attempt: int, reason: str, retryable: bool, now: float) -> str | None:
         """Requeue a retryable failure with attempts left, else 'failed' (not retryable) or 'dead'

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import highdicom as hd
@@ -61,11 +62,19 @@ def test_storescu_to_seg(tmp_path: Path, require_storescu: str) -> None:
         assert seg.StudyInstanceUID == study_uid
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         assert dice(seg_mask(folder / "seg.dcm", files), phantom.nodule_mask) >= 0.8
-        assert engine.http_status("/metrics") == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{engine.http_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert "scanstream_instances_received_total 48.0" in metrics
+        assert 'scanstream_stage_seconds_count{model="nodule-seg",stage="infer"} 1.0' in metrics
+        assert 'scanstream_stage_seconds_count{model="nodule-seg",stage="end_to_end"} 1.0' in metrics
         status = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--json", "--config",
                                  str(engine.data_dir / "scanstream.toml")], capture_output=True, text=True)
-        counts = json.loads(status.stdout)["counts"]
+        report = json.loads(status.stdout)
+        counts = report["counts"]
         assert (counts["studies"], counts["instances"], counts["done"], counts["queue depth"]) == (1, 48, 1, 0)
+        latency = report["latency_s"]
+        assert latency["infer"]["count"] == latency["assemble"]["count"] == latency["queue"]["count"] == 1
+        assert latency["end_to_end"]["p50"] >= latency["infer"]["p50"]
     assert engine.process.returncode == 0
 
 

@@ -23,7 +23,7 @@ def get(port: int, path: str) -> tuple[int, str]:
 def server():
     ready = {"value": False}
     registry = CollectorRegistry()
-    registry.register(StatusCollector(lambda: {"queued": 2, "done": 5}, lambda: 3))
+    registry.register(StatusCollector(lambda: {"queued": 2, "done": 5}, lambda: 3, lambda: (7, 7000)))
     server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"])
     server.start()
     yield server, ready
@@ -39,4 +39,6 @@ def test_health_readiness_and_metrics(server) -> None:
     code, text = get(http.port, "/metrics")
     assert code == 200
     assert 'scanstream_jobs{state="queued"} 2.0' in text and "scanstream_workers_connected 3.0" in text
+    assert "scanstream_queue_depth 2.0" in text
+    assert "scanstream_instances_received_total 7.0" in text and "scanstream_received_bytes_total 7000.0" in text
     assert get(http.port, "/nope")[0] == 404
