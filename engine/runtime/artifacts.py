@@ -81,14 +81,18 @@ class ModelArtifacts:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def onnx_path(self) -> Path:
-        """The ONNX export, made on first use (:func:`engine.runtime.export.export_onnx`)."""
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        """The ONNX export (``model.onnx``, or ``model-fp16.onnx`` all in fp16), made on first use."""
         from engine.runtime.export import export_onnx
 
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+        if precision not in dtypes:
+            raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
         with self._lock:
-            path = self.folder() / "model.onnx"
+            path = self.folder() / ("model.onnx" if precision == "fp32" else f"model-{precision}.onnx")
             if not path.exists():
-                write_atomically(path, lambda target: export_onnx(self.network(), self.spec, target))
+                write_atomically(path, lambda target: export_onnx(self.network(), self.spec, target,
+                                                                  dtypes[precision]))
             return path
 
     def example_input(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:

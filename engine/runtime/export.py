@@ -43,14 +43,21 @@ def _dynamic_shapes(spec: ModelSpec, max_batch: int) -> dict[int, object]:
     return dims
 
 
-def export_onnx(network: torch.nn.Module, spec: ModelSpec, path: Path) -> Path:
-    """Write ``network`` as ONNX to ``path`` (float32, opset :data:`OPSET`) and check the file with onnx."""
+def export_onnx(network: torch.nn.Module, spec: ModelSpec, path: Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``network`` as ONNX to ``path`` (opset :data:`OPSET`) and check the file with onnx.
+
+    ``dtype`` float16 gives a graph whose weights, activations and I/O are all fp16:
+    what a strongly typed TensorRT build needs for FP16 (TensorRT 11 has no FP16
+    builder flag; precision lives in the graph).
+    """
     if not spec.input_shape:
         raise ExportError(f"model {spec.name!r} declares no input_shape, so it cannot be exported to ONNX")
+    import copy
+
     import onnx
 
-    example = torch.rand((2, *spec.input_shape), generator=torch.Generator().manual_seed(0))
-    network = network.eval().to("cpu")
+    example = torch.rand((2, *spec.input_shape), generator=torch.Generator().manual_seed(0)).to(dtype)
+    network = copy.deepcopy(network).eval().to("cpu", dtype)
     with torch.inference_mode():
         sample = network(example)
     count = len(sample) if isinstance(sample, (tuple, list)) else 1
