@@ -4,37 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
+from engine.bench.machine import describe_machine
 
 DEFAULT_OUT = Path("benchmarks/results")
 
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, Python and runtime versions: recorded next to every figure."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {"torch": torch.__version__}
-    try:
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        versions["onnxruntime"] = "absent"
-    return {"cpu": model, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), **versions, "date": time.strftime("%Y-%m-%d")}
+    return describe_machine()
 
 
 def best_seconds(run: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -13,6 +14,8 @@ from prometheus_client.registry import Collector
 from engine.logs import get_logger
 
 log = get_logger(__name__)
+
+STUDY_PREFIX = "/api/studies/"
 
 
 class StatusCollector(Collector):
@@ -41,12 +44,21 @@ class StatusCollector(Collector):
                                       value=size)
 
 
-class HealthServer:
-    """A small threaded HTTP server; readiness comes from a callable."""
+StudyReport = Callable[[str], "dict[str, Any] | None"]
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]) -> None:
+
+class HealthServer:
+    """A small threaded HTTP server; readiness comes from a callable.
+
+    ``study_report``, when given, answers ``GET /api/studies/<study UID>`` with JSON
+    (404 for an unknown study): what ``scanstream bench`` polls for results.
+    """
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
+                 study_report: StudyReport | None = None) -> None:
         self._registry = registry
         self._ready = ready
+        self._study_report = study_report
         self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
@@ -67,6 +79,12 @@ class HealthServer:
                     self._reply(200 if ready else 503, b"ready\n" if ready else b"not ready\n", "text/plain")
                 elif self.path == "/metrics":
                     self._reply(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
+                elif self.path.startswith(STUDY_PREFIX) and server._study_report is not None:
+                    report = server._study_report(self.path[len(STUDY_PREFIX):])
+                    if report is None:
+                        self._reply(404, b'{"error": "unknown study"}\n', "application/json")
+                    else:
+                        self._reply(200, json.dumps(report).encode(), "application/json")
                 else:
                     self._reply(404, b"not found\n", "text/plain")
 

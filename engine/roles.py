@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -28,7 +29,8 @@ from engine.logs import get_logger
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins, load_plugins
 from engine.receiver.assembler import Assembler
-from engine.receiver.ledger import Ledger
+from engine.receiver.ledger import FINAL_JOB_STATES, Ledger
+from engine.receiver.parse import is_safe_uid
 from engine.receiver.router import Router
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
@@ -77,11 +79,38 @@ class ReceiverRole:
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals))
-        self.http = HealthServer(config.http.host, config.http.port, self.metrics, self.ready)
+        self.http = HealthServer(config.http.host, config.http.port, self.metrics, self.ready, self.study_report)
         self._started = False
 
     def _instance_stored(self, series_uid: str) -> None:
         self.assembler.check(series_uid, time.time())
+
+    def study_report(self, study_uid: str) -> dict[str, Any] | None:
+        """A study's series and jobs with their stage timings (``GET /api/studies/<uid>``); None if unknown.
+
+        ``final`` is true once every series is complete and every job is done,
+        failed or dead-lettered: nothing more will happen without new instances.
+        """
+        if not is_safe_uid(study_uid):
+            return None
+        series = self.ledger.study_series(study_uid)
+        if not series:
+            return None
+        jobs = self.ledger.study_jobs(study_uid)
+        timelines = {t.job_id: t for t in self.ledger.timelines([j.job_id for j in jobs if j.state == "done"])}
+        return {
+            "study_uid": study_uid,
+            "study_key": self.ledger.study_key(study_uid),
+            "series": [{"series_uid": s.series_uid, "series_key": s.series_key, "state": s.state,
+                        "revision": s.revision, "instances": s.instance_count, "expected": s.expected_count,
+                        "completion": s.completion_reason} for s in series],
+            "jobs": [{"job_id": j.job_id, "series_uid": j.series_uid, "series_revision": j.series_revision,
+                      "model": j.model, "state": j.state, "attempts": j.attempts, "reason": j.reason,
+                      "created": j.created, "finished": j.finished,
+                      "stages_s": timelines[j.job_id].stage_seconds() if j.job_id in timelines else {}}
+                     for j in jobs],
+            "final": all(s.state == "complete" for s in series) and all(j.state in FINAL_JOB_STATES for j in jobs),
+        }
 
     def _job_counts(self) -> dict[str, int]:
         return self.ledger.job_counts()

@@ -552,6 +552,10 @@ class Ledger:
                 (study_uid,)).fetchall()
         return [JobRow(*row) for row in rows]
 
+    def study_series(self, study_uid: str) -> list[SeriesRow]:
+        """Every series of a study (empty for an unknown study)."""
+        return self._series_rows("WHERE s.study_uid = ? ORDER BY s.first_received, s.series_uid", (study_uid,))
+
     def final_study_jobs(self, study_uid: str, minimum: int = 1) -> list[JobRow] | None:
         """The study's jobs once there are ``minimum`` and none is queued or leased, else None."""
         jobs = self.study_jobs(study_uid)

@@ -24,7 +24,8 @@ def server():
     ready = {"value": False}
     registry = CollectorRegistry()
     registry.register(StatusCollector(lambda: {"queued": 2, "done": 5}, lambda: 3, lambda: (7, 7000)))
-    server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"])
+    reports = {"1.2.3": {"study_uid": "1.2.3", "final": True}}
+    server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"], reports.get)
     server.start()
     yield server, ready
     server.stop()
@@ -42,3 +43,12 @@ def test_health_readiness_and_metrics(server) -> None:
     assert "scanstream_queue_depth 2.0" in text
     assert "scanstream_instances_received_total 7.0" in text and "scanstream_received_bytes_total 7000.0" in text
     assert get(http.port, "/nope")[0] == 404
+
+
+def test_study_reports_as_json(server) -> None:
+    import json
+
+    http, _ = server
+    code, text = get(http.port, "/api/studies/1.2.3")
+    assert code == 200 and json.loads(text) == {"study_uid": "1.2.3", "final": True}
+    assert get(http.port, "/api/studies/9.9")[0] == 404

@@ -71,5 +71,8 @@ def test_the_ledger_keeps_worker_stages_of_the_successful_attempt(tmp_path: Path
         assert kept.worker_stages == WORKER
         assert ledger.timelines(["nope"]) == [] and ledger.timelines([job]) == [kept]
         assert ledger.received_totals() == (3, 30)
+        (series,) = ledger.study_series("1.2.3")
+        assert (series.series_uid, series.instance_count, series.state) == (SERIES, 3, "complete")
+        assert ledger.study_series("9.9") == []
     finally:
         ledger.close()
