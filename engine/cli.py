@@ -1,9 +1,10 @@
-"""The ``scanstream`` command: serve, receiver, worker, send, demo, plugins, models, status, requeue."""
+"""The ``scanstream`` command: serve, receiver, worker, send, demo, bench, plugins, models, status, requeue."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -150,6 +151,37 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Send studies as modalities would, wait for every result, report throughput and per-stage latency."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine.bench.report import terminal_table, write_report
+    from engine.bench.run import BenchSettings, run_bench
+
+    if args.rate is not None and args.rate <= 0:
+        print("scanstream bench: --rate must be > 0 studies per second", file=sys.stderr)
+        return 2
+    settings = BenchSettings(
+        studies=args.studies, duration_s=args.duration, mode="open" if args.rate else "closed",
+        concurrency=args.concurrency, rate_per_s=args.rate, folder=args.folder, slices=args.slices, size=args.size,
+        seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers,
+        host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url)
+    logging.getLogger("engine.sender").setLevel(logging.WARNING)  # one line per association would bury the bar
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]bench[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("preparing studies", total=None)
+        result = run_bench(settings, progress=lambda: progress.advance(task),
+                           on_total=lambda n: progress.update(task, total=n, description="studies with results"))
+    paths = write_report(result, args.out)
+    Console().print(terminal_table(result))
+    summary = result["summary"]
+    print(f"report: {args.out / 'report.md'} ({len(paths)} files)")
+    bad = summary["split_series"] + summary["lost_series"] + summary["send_errors"]
+    return 1 if bad else 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
     from engine.receiver.ledger import Ledger
@@ -246,6 +278,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=["build"])
     models.add_argument("--model", action="append", help="only this model (repeatable; default all)")
     models.add_argument("--refresh", action="store_true", help="time the CPU backends again")
+    bench = add("bench", cmd_bench, "drive an engine with DICOM studies; report throughput and per-stage latency")
+    bench.add_argument("--studies", type=int, default=8, help="studies to send (default 8)")
+    bench.add_argument("--duration", type=float, help="stop starting studies after this many seconds")
+    bench.add_argument("--concurrency", type=int, default=1,
+                       help="closed loop: studies in flight; open loop: concurrent associations")
+    bench.add_argument("--rate", type=float, help="open loop: Poisson arrivals, studies per second")
+    bench.add_argument("--folder", type=Path, help="replay the DICOM studies in this folder (new UIDs each time)")
+    bench.add_argument("--slices", type=int, default=48, help="generated studies: slices per series")
+    bench.add_argument("--size", type=int, default=256, help="generated studies: rows and columns")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--timeout", type=float, default=600.0, help="longest wait for one study's results (s)")
+    bench.add_argument("--workers", type=int, default=1, help="workers of the engine started here")
+    bench.add_argument("--host", help="drive a running engine at this host instead of starting one")
+    bench.add_argument("--port", type=int, default=11112)
+    bench.add_argument("--aet", default="SCANSTREAM")
+    bench.add_argument("--http-url", default="http://127.0.0.1:8080", help="the running engine's HTTP port")
+    bench.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder")
     status = add("status", cmd_status, "studies, queue depth, in-flight and failed jobs")
     status.add_argument("--data-dir", type=Path)
     status.add_argument("--json", action="store_true")

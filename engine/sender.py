@@ -12,9 +12,10 @@ from typing import Iterable, Sequence
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
 
 from engine.logs import get_logger
+from engine.receiver.handlers import tcp_nodelay
 
 log = get_logger(__name__)
 MAX_CONTEXTS = 128
@@ -71,7 +72,7 @@ def send_files(
         return report
     ae = AE(ae_title=calling_aet)
     ae.requested_contexts = [build_context(sop, ts) for sop, ts in pairs]
-    assoc = ae.associate(host, port, ae_title=called_aet)
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
     if not assoc.is_established:
         raise SendError(f"association to {called_aet}@{host}:{port} was rejected or failed")
     try:

@@ -72,12 +72,13 @@ def _empty(ax: Any, text: str) -> None:
 def plot_latency_cdf(result: dict[str, Any], path: Path) -> Path:
     """One CDF per stage on a log time axis; the legend gives each stage's p50 and p99 in ms."""
     values = stage_values(result)
-    fig, ax = plt.subplots(figsize=(10, 6))
+    fig, ax = plt.subplots(figsize=(12, 6))
     stages = [s for s in STAGE_ORDER if values.get(s)]
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(stages), 1)))
     for colour, stage in zip(colours, stages):
         data = np.sort(np.maximum(np.asarray(values[stage]), 1e-5))
-        fraction = np.arange(1, data.size + 1) / data.size
+        data = np.concatenate([data[:1], data])  # the curve starts at 0 at the fastest job
+        fraction = np.arange(0, data.size) / (data.size - 1)
         label = f"{stage}  p50 {np.percentile(data, 50) * 1e3:.0f} ms, p99 {np.percentile(data, 99) * 1e3:.0f} ms"
         ax.step(data, fraction, where="post", color=colour, linewidth=2 if stage in ("end_to_end", "infer") else 1.3,
                 label=label)
@@ -87,7 +88,7 @@ def plot_latency_cdf(result: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("fraction of jobs at or below")
         ax.set_ylim(0, 1.02)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="stage", title_fontsize=9)
     else:
         _empty(ax, "no completed jobs")
     ax.set_title("Latency per stage (CDF)")
@@ -104,7 +105,7 @@ def plot_stage_breakdown(result: dict[str, Any], path: Path) -> Path:
     sender, and is shown by the CDF and the tables.
     """
     per_model = _models(result)
-    fig, ax = plt.subplots(figsize=(10, 1.6 + 0.9 * max(len(per_model), 1)))
+    fig, ax = plt.subplots(figsize=(12, 1.8 + 0.9 * max(len(per_model), 1)))
     if per_model:
         colours = plt.get_cmap("tab10")(np.arange(len(PIPELINE)) % 10)
         names = sorted(per_model)
@@ -121,7 +122,7 @@ def plot_stage_breakdown(result: dict[str, Any], path: Path) -> Path:
                 left += width
         ax.set_yticks(range(len(names)), names)
         ax.set_xlabel("median seconds")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(names) == 1 else -0.15), ncol=4, fontsize=8)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, title="stage", title_fontsize=9)
         ax.grid(True, axis="x", alpha=0.3)
     else:
         _empty(ax, "no completed jobs")
@@ -144,7 +145,10 @@ def plot_throughput(result: dict[str, Any], path: Path) -> Path:
         width = max(1.0, span / 30)
         edges = np.arange(0, span + width, width)
         done, _ = np.histogram(finished, bins=edges)
-        mb, _ = np.histogram(sent_end, bins=edges, weights=[s["bytes"] / 1e6 for s in studies])
+        # Spread each study's bytes evenly over its send (first to last instance) rather than at its end.
+        points = [np.linspace(s["first_sent"] - start, s["last_sent"] - start, 32) for s in studies]
+        weights = [np.full(32, s["bytes"] / 1e6 / 32) for s in studies]
+        mb, _ = np.histogram(np.concatenate(points), bins=edges, weights=np.concatenate(weights))
         top.bar(edges[:-1], done / width, width=width, align="edge", color="tab:green", edgecolor="white")
         top.set_ylabel("studies finished / s")
         bottom.bar(edges[:-1], mb / width, width=width, align="edge", color="tab:blue", edgecolor="white")

@@ -1,0 +1,27 @@
+"""Helpers shared by the engine-level benchmarks (overhead, latency, scaling): one bench run with given settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.bench.run import BenchSettings, run_bench
+
+
+def bench(studies: int, *, concurrency: int = 1, workers: int = 1, slices: int = 48, size: int = 256,
+          work_dir: Path | None = None, torch_threads: int = 0) -> dict[str, Any]:
+    """A closed-loop run against an engine started for it; raises if any series was split or lost.
+
+    ``torch_threads`` 0 lets each worker's runtime use every core.
+    """
+    result = run_bench(BenchSettings(studies=studies, concurrency=concurrency, workers=workers, slices=slices,
+                                     size=size, work_dir=work_dir, torch_threads=torch_threads))
+    summary = result["summary"]
+    if summary["split_series"] or summary["lost_series"] or summary["studies_completed"] != studies:
+        raise RuntimeError(f"engine run incomplete: {summary}")
+    return result
+
+
+def job_stages(result: dict[str, Any]) -> list[dict[str, float]]:
+    """Every done job's stage seconds."""
+    return [job["stages_s"] for study in result["studies"] for job in study["jobs"] if job["state"] == "done"]

@@ -1,0 +1,82 @@
+"""Engine overhead: studies/s through the whole engine vs the same model in a bare loop in one process.
+
+Run: ``python -m benchmarks.overhead [--quick] [--studies N]``. Engine: a
+closed loop of 2 studies in flight (the worker's capacity) through
+``scanstream serve`` with one worker (DICOM in, SEG out). Baseline, same run:
+the same studies decoded once in this process, then preprocess + backend +
+postprocess per study in a loop (no DICOM, no queue, no outputs), on the
+backend the worker chose. Figure: engine / bare ratio; goal >= 0.9.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import parser, print_table, write_result
+from benchmarks.engine_runs import bench
+from engine.api import ModelRegistry, SeriesInfo
+from engine.config import WorkerConfig
+from engine.runtime.artifacts import ModelArtifacts
+from engine.runtime.selection import choose_backend, make_backend
+from engine.worker.decode import decode_series
+from plugins import nodule_seg
+
+GOAL = 0.9
+
+
+def bare_loop(folder: Path, threads: int) -> tuple[float, str]:
+    """Studies/s of preprocess + backend + postprocess over the sent studies' decoded volumes, and the backend."""
+    registry = ModelRegistry()
+    nodule_seg.scanstream_register_models(registry)
+    spec = registry.get("nodule-seg")
+    artifacts = ModelArtifacts(spec, WorkerConfig().model_cache_path())
+    choice = choose_backend(artifacts, "auto", "cpu", threads)
+    backend = make_backend(choice.backend, "cpu", threads=threads)
+    backend.initialize(artifacts)
+    volumes = []
+    for study in sorted(folder.glob("study-*")):
+        files = sorted(study.glob("*.dcm"))
+        info = SeriesInfo("1", "2", "CT", "1.2.840.10008.5.1.4.1.1.2", instance_count=len(files))
+        volumes.append(decode_series([p.read_bytes() for p in files], info))
+    from engine.runtime.base import InferenceRequest
+
+    def one(volume) -> None:
+        batch = spec.handler.preprocess(volume)
+        (response,) = backend.execute([InferenceRequest("bare", batch)])
+        spec.handler.postprocess(response.output(), volume)
+
+    one(volumes[0])
+    start = time.perf_counter()
+    for volume in volumes:
+        one(volume)
+    return len(volumes) / (time.perf_counter() - start), backend.describe()
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--studies", type=int, default=8)
+    args = arguments.parse_args(argv)
+    studies, slices, size = (2, 12, 64) if args.quick else (args.studies, 48, 256)
+    with tempfile.TemporaryDirectory(prefix="ss-overhead-") as folder:
+        result = bench(studies, concurrency=2, slices=slices, size=size, work_dir=Path(folder))
+        engine_rate = result["summary"]["studies_per_s"]
+        torch.set_num_threads(2)
+        bare_rate, backend = bare_loop(Path(folder) / "send", threads=2)
+    ratio = engine_rate / bare_rate
+    print(f"{studies} studies of {slices} slices {size}x{size}; bare loop on {backend}")
+    print_table(["path", "studies/s"], [["engine (DICOM in, SEG out)", engine_rate], ["bare loop", bare_rate],
+                                        ["engine / bare", ratio]])
+    print(f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}")
+    write_result(args.out, "overhead", {"quick": args.quick, "studies": studies, "slices": slices, "size": size,
+                                        "engine_studies_per_s": engine_rate, "bare_studies_per_s": bare_rate,
+                                        "ratio": ratio, "goal": GOAL, "backend": backend,
+                                        "engine_latency_s": result["latency_s"]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""One ``scanstream bench`` run: prepare the studies, start or reach the engine, drive it, build the result.
+
+The result dict is what :mod:`engine.bench.report` turns into ``result.json``,
+``report.md`` and the plots, and what the benchmarks under ``benchmarks/`` read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.bench.machine import describe_machine
+from engine.bench.driver import Run, StudyOutcome, Target, run_closed, run_open
+from engine.bench.report import latency_summary, stage_values
+from engine.bench.workload import Study, folder_templates, phantom_templates, prepare_studies
+from engine.config import WorkerConfig
+
+
+@dataclass
+class BenchSettings:
+    """Everything ``scanstream bench`` takes (see ``scanstream bench --help``)."""
+
+    studies: int = 8
+    duration_s: float | None = None
+    mode: str = "closed"
+    concurrency: int = 1
+    rate_per_s: float | None = None
+    folder: Path | None = None
+    slices: int = 48
+    size: int = 256
+    variants: int = 2
+    seed: int = 1
+    timeout_s: float = 600.0
+    start: bool = True
+    workers: int = 1
+    torch_threads: int = 0
+    host: str = "127.0.0.1"
+    port: int = 11112
+    aet: str = "SCANSTREAM"
+    http_url: str = "http://127.0.0.1:8080"
+    work_dir: Path | None = None
+
+
+@contextlib.contextmanager
+def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Target, str]]:
+    """The engine to drive: one started here on free ports (``settings.start``), or the given address."""
+    if not settings.start:
+        yield Target(settings.host, settings.port, settings.aet, settings.http_url.rstrip("/")), \
+            f"running engine at {settings.host}:{settings.port} ({settings.aet})"
+        return
+    from engine.testing import EngineProcess
+
+    engine = EngineProcess(work_dir / "engine", workers=settings.workers, idle_timeout_s=30.0,
+                           model_cache=WorkerConfig().model_cache_path(),
+                           extra={"worker": {"torch_threads": settings.torch_threads}})
+    with engine:
+        yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}"), \
+            f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}"
+
+
+def workers_connected(target: Target) -> int:
+    """``scanstream_workers_connected`` from the engine's ``/metrics``."""
+    with urllib.request.urlopen(f"{target.http_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("scanstream_workers_connected "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+def wait_for_workers(target: Target, minimum: int, timeout_s: float) -> None:
+    """Wait until ``minimum`` workers are connected (models loaded), so start-up is not timed as queueing."""
+    deadline = time.monotonic() + timeout_s
+    while workers_connected(target) < minimum:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {minimum} worker(s) connected to the engine after {timeout_s} s")
+        time.sleep(0.2)
+
+
+def prepare(settings: BenchSettings, work_dir: Path) -> tuple[list[Study], str]:
+    """The studies to send (written before timing starts) and a one-line description of the workload."""
+    count = settings.studies
+    if settings.folder is not None:
+        templates = folder_templates(settings.folder)
+        described = f"{len(templates)} stud(ies) from {settings.folder}, replayed under new UIDs"
+    else:
+        templates = phantom_templates(work_dir / "templates", min(settings.variants, count), settings.slices,
+                                      settings.size, settings.seed)
+        described = f"phantom chest CT, {settings.slices} slices of {settings.size}x{settings.size}"
+    return prepare_studies(templates, count, work_dir / "send"), described
+
+
+def summarise(outcomes: list[StudyOutcome]) -> dict[str, Any]:
+    """Throughput over the run (first send to last result) and the checks, summed."""
+    sent = [o for o in outcomes if o.sent_ok]
+    completed = [o for o in sent if o.report is not None and o.report.get("final")]
+    start = min((o.first_sent for o in outcomes), default=0.0)
+    ends = [o.result_written or o.last_sent for o in outcomes]
+    wall = max(max(ends, default=start) - start, 1e-9)
+    instances = sum(o.study.instances for o in sent)
+    nbytes = sum(o.study.nbytes for o in sent)
+    return {"studies_sent": len(sent), "studies_completed": len(completed), "send_errors": len(outcomes) - len(sent),
+            "instances": instances, "bytes": nbytes, "wall_s": wall, "studies_per_s": len(completed) / wall,
+            "instances_per_s": instances / wall, "mb_per_s": nbytes / 1e6 / wall,
+            "split_series": sum(o.split_series for o in outcomes), "lost_series": sum(o.lost_series for o in outcomes),
+            "failed_jobs": sum(o.failed_jobs for o in outcomes)}
+
+
+def run_bench(settings: BenchSettings, progress: Callable[[], None] | None = None,
+              on_total: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run one benchmark and return the result dict (nothing written; see :func:`engine.bench.report.write_report`).
+
+    ``on_total`` is told how many studies will be sent once they are prepared;
+    ``progress`` is called once per study whose outcome is known.
+    """
+    with contextlib.ExitStack() as stack:
+        work_dir = settings.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ss-bench-")))
+        studies, workload = prepare(settings, work_dir)
+        if on_total is not None:
+            on_total(len(studies))
+        target, engine = stack.enter_context(engine_target(settings, work_dir))
+        wait_for_workers(target, settings.workers if settings.start else 1, settings.timeout_s)
+        run = Run(settings.mode, settings.concurrency, settings.rate_per_s, settings.duration_s, settings.timeout_s,
+                  settings.seed)
+        drive = run_open if settings.mode == "open" else run_closed
+        outcomes = drive(target, studies, run, progress or (lambda: None))
+    result: dict[str, Any] = {
+        "benchmark": "scanstream-bench",
+        "machine": describe_machine(),
+        "config": {"mode": settings.mode, "concurrency": settings.concurrency, "rate_per_s": settings.rate_per_s,
+                   "studies": settings.studies, "duration_s": settings.duration_s, "workload": workload,
+                   "engine": engine},
+        "summary": summarise(outcomes),
+        "studies": [o.as_dict() for o in sorted(outcomes, key=lambda o: o.first_sent)],
+    }
+    result["latency_s"] = latency_summary(stage_values(result))
+    return result

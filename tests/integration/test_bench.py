@@ -1,0 +1,42 @@
+"""`scanstream bench` end to end: closed and open loop against engines it starts or one already running."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.testing import EngineProcess
+
+SMALL = ["--slices", "12", "--size", "64"]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine.cli", "bench", *SMALL, *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_closed_loop_on_a_started_engine_writes_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = bench("--studies", "3", "--concurrency", "2", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "result.json").read_text())
+    summary = result["summary"]
+    assert (summary["studies_sent"], summary["studies_completed"]) == (3, 3)
+    assert (summary["split_series"], summary["lost_series"], summary["failed_jobs"]) == (0, 0, 0)
+    assert result["latency_s"]["infer"]["count"] == 3 and "sent_to_result" in result["latency_s"]
+    for name in ("report.md", "latency_cdf.png", "stage_breakdown.png", "throughput.png"):
+        assert (out / name).stat().st_size > 0
+    assert "p99" in done.stdout
+
+
+def test_open_loop_against_a_running_engine(tmp_path: Path) -> None:
+    with EngineProcess(tmp_path / "engine", workers=1) as engine:
+        done = bench("--studies", "3", "--rate", "4", "--concurrency", "2", "--host", "127.0.0.1",
+                     "--port", str(engine.port), "--http-url", f"http://127.0.0.1:{engine.http_port}",
+                     "--out", str(tmp_path / "report"))
+        assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "report" / "result.json").read_text())
+    assert result["config"]["mode"] == "open" and result["summary"]["studies_completed"] == 3
+    assert result["config"]["engine"].startswith("running engine at 127.0.0.1")
