@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ def bench(studies: int, *, concurrency: int = 1, workers: int = 1, slices: int =
 
     ``torch_threads`` 0 lets each worker's runtime use every core.
     """
+    sender = "storescu" if shutil.which("storescu") else "pynetdicom"  # DCMTK is the faster modality simulator
     result = run_bench(BenchSettings(studies=studies, concurrency=concurrency, workers=workers, slices=slices,
-                                     size=size, work_dir=work_dir, torch_threads=torch_threads))
+                                     size=size, work_dir=work_dir, torch_threads=torch_threads, sender=sender))
     summary = result["summary"]
     if summary["split_series"] or summary["lost_series"] or summary["studies_completed"] != studies:
         raise RuntimeError(f"engine run incomplete: {summary}")

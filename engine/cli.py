@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         studies=args.studies, duration_s=args.duration, mode="open" if args.rate else "closed",
         concurrency=args.concurrency, rate_per_s=args.rate, folder=args.folder, slices=args.slices, size=args.size,
-        seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers,
+        seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers, sender=args.sender,
         host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url)
     logging.getLogger("engine.sender").setLevel(logging.WARNING)  # one line per association would bury the bar
     console = Console(stderr=True)
@@ -290,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=1)
     bench.add_argument("--timeout", type=float, default=600.0, help="longest wait for one study's results (s)")
     bench.add_argument("--workers", type=int, default=1, help="workers of the engine started here")
+    bench.add_argument("--sender", choices=["pynetdicom", "storescu"], default="pynetdicom",
+                       help="the modality simulator: pynetdicom in-process, or DCMTK storescu per study")
     bench.add_argument("--host", help="drive a running engine at this host instead of starting one")
     bench.add_argument("--port", type=int, default=11112)
     bench.add_argument("--aet", default="SCANSTREAM")

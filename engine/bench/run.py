@@ -40,6 +40,7 @@ class BenchSettings:
     start: bool = True
     workers: int = 1
     torch_threads: int = 0
+    sender: str = "pynetdicom"
     host: str = "127.0.0.1"
     port: int = 11112
     aet: str = "SCANSTREAM"
@@ -51,8 +52,8 @@ class BenchSettings:
 def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Target, str]]:
     """The engine to drive: one started here on free ports (``settings.start``), or the given address."""
     if not settings.start:
-        yield Target(settings.host, settings.port, settings.aet, settings.http_url.rstrip("/")), \
-            f"running engine at {settings.host}:{settings.port} ({settings.aet})"
+        yield Target(settings.host, settings.port, settings.aet, settings.http_url.rstrip("/"),
+                     sender=settings.sender), f"running engine at {settings.host}:{settings.port} ({settings.aet})"
         return
     from engine.testing import EngineProcess
 
@@ -60,7 +61,8 @@ def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Tar
                            model_cache=WorkerConfig().model_cache_path(),
                            extra={"worker": {"torch_threads": settings.torch_threads}})
     with engine:
-        yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}"), \
+        yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}",
+                     sender=settings.sender), \
             f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}"
 
 
@@ -132,7 +134,7 @@ def run_bench(settings: BenchSettings, progress: Callable[[], None] | None = Non
     result: dict[str, Any] = {
         "benchmark": "scanstream-bench",
         "machine": describe_machine(),
-        "config": {"mode": settings.mode, "concurrency": settings.concurrency, "rate_per_s": settings.rate_per_s,
+        "config": {"mode": settings.mode, "sender": settings.sender, "concurrency": settings.concurrency, "rate_per_s": settings.rate_per_s,
                    "studies": settings.studies, "duration_s": settings.duration_s, "workload": workload,
                    "engine": engine},
         "summary": summarise(outcomes),

@@ -40,3 +40,11 @@ def test_open_loop_against_a_running_engine(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "report" / "result.json").read_text())
     assert result["config"]["mode"] == "open" and result["summary"]["studies_completed"] == 3
     assert result["config"]["engine"].startswith("running engine at 127.0.0.1")
+
+
+def test_dcmtk_storescu_as_the_modality(tmp_path: Path, require_storescu: str) -> None:
+    done = bench("--studies", "2", "--sender", "storescu", "--out", str(tmp_path / "report"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "report" / "result.json").read_text())
+    assert result["config"]["sender"] == "storescu"
+    assert (result["summary"]["studies_completed"], result["summary"]["lost_series"]) == (2, 0)
