@@ -88,3 +88,39 @@ def test_multiframe_positions_from_functional_groups() -> None:
     volume = build_volume([ds], SERIES)
     assert volume.voxels[:, 0, 0].tolist() == [10 - 1024, 20 - 1024, 30 - 1024]
     assert volume.frames == [(0, 2), (0, 3), (0, 1)]
+
+
+@pytest.mark.parametrize("compress", [False, True])  # native little endian (fast path), RLE (pydicom)
+def test_pixels_match_pydicom_on_both_paths(compress: bool, tmp_path) -> None:
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    from engine.phantom import generate_ct_phantom, write_ct_series
+
+    raw = []
+    for path in write_ct_series(generate_ct_phantom(9, slices=3, size=32), tmp_path):
+        ds = pydicom.dcmread(path)
+        if compress:
+            ds.compress(RLELossless)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        raw.append(buffer.getvalue())
+    volume = decode_series(raw, SERIES)
+    datasets = [pydicom.dcmread(io.BytesIO(r)) for r in raw]
+    order = np.argsort([float(ds.ImagePositionPatient[2]) for ds in datasets], kind="stable")
+    expected = np.stack([datasets[i].pixel_array for i in order])
+    assert volume.stored.dtype == expected.dtype and np.array_equal(volume.stored, expected)
+
+
+def test_unused_high_bits_are_masked_on_the_fast_path() -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1000)))
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, 0
+    pixels = np.frombuffer(ds.PixelData, dtype="<u2").copy()
+    assert pixels.max() < 0x1000
+    ds.PixelData = (pixels | 0xF000).tobytes()  # garbage in the unused high bits
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    volume = decode_series([buffer.getvalue()], SERIES)
+    assert np.array_equal(volume.stored[0], pixels.reshape(volume.stored.shape[1:]))
