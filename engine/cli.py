@@ -1,4 +1,4 @@
-"""The ``scanstream`` command: serve, receiver, worker, send, demo, bench, plugins, models, status, requeue."""
+"""The ``scanstream`` command: serve, receiver, worker, send, demo, bench, plugins, models, keys, status, requeue."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from engine import __version__
 from engine.api import PluginError
+from engine.broker.security import CurveError, create_keys
 from engine.config import ConfigError, EngineConfig, load_config
 from engine.logs import configure_logging, get_logger
 
@@ -182,6 +183,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create a CurveZMQ key pair for the broker or a worker."""
+    public, secret = create_keys(args.out, args.name)
+    print(f"public key: {public}  (give it to the other side)")
+    print(f"secret key: {secret}  (keep it on this host, mode 0600)")
+    print("broker: broker.curve_secret_key = <its .key_secret>, broker.curve_authorized_keys = <folder of worker .key>")
+    print("worker: worker.curve_secret_key = <its .key_secret>, worker.curve_server_key = <the broker's .key>")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
     from engine.receiver.ledger import Ledger
@@ -297,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--aet", default="SCANSTREAM")
     bench.add_argument("--http-url", default="http://127.0.0.1:8080", help="the running engine's HTTP port")
     bench.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder")
+    keys = add("keys", cmd_keys, "create a CurveZMQ key pair (NAME.key, NAME.key_secret) for the broker or a worker")
+    keys.add_argument("name", help="e.g. broker, or the worker's host name")
+    keys.add_argument("--out", type=Path, default=Path("."), help="folder for the two files (default .)")
     status = add("status", cmd_status, "studies, queue depth, in-flight and failed jobs")
     status.add_argument("--data-dir", type=Path)
     status.add_argument("--json", action="store_true")
@@ -317,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.logging.level)
     try:
         return int(args.func(args))
-    except (ConfigError, PluginError) as exc:
+    except (ConfigError, PluginError, CurveError) as exc:
         print(f"scanstream: {exc}", file=sys.stderr)
         return 2
 

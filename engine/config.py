@@ -16,7 +16,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.broker.security import CurveClient, CurveServer
 
 ENV_PREFIX = "SCANSTREAM_"
 DEFAULT_CONFIG_FILE = "scanstream.toml"
@@ -85,6 +87,21 @@ class BrokerConfig(_Section):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_liveness: int = Field(3, ge=1)
     max_attempts: int = Field(3, ge=1)
+    curve_secret_key: str = Field("", description="broker's Curve secret certificate (NAME.key_secret); "
+                                                  "required when bind is not loopback")
+    curve_authorized_keys: str = Field("", description="folder of the public certificates (*.key) of allowed workers")
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> "BrokerConfig":
+        if bool(self.curve_secret_key) != bool(self.curve_authorized_keys):
+            raise ValueError("set both broker.curve_secret_key and broker.curve_authorized_keys, or neither")
+        return self
+
+    def curve(self) -> CurveServer | None:
+        """The Curve settings of the broker, or None when not configured."""
+        if not self.curve_secret_key:
+            return None
+        return CurveServer(Path(self.curve_secret_key).expanduser(), Path(self.curve_authorized_keys).expanduser())
 
     @field_validator("bind")
     @classmethod
@@ -108,8 +125,22 @@ class WorkerConfig(_Section):
     batches_in_flight: int = Field(0, ge=0, description="0 = 1 on the CPU, 2 on CUDA")
     channels_last: bool = Field(False, description="torch backend: channels-last memory format for 4D inputs")
     torch_compile: bool = Field(False, description="torch backend: compile the network with torch.compile")
+    curve_secret_key: str = Field("", description="this worker's Curve secret certificate (NAME.key_secret)")
+    curve_server_key: str = Field("", description="the broker's public Curve certificate (NAME.key)")
     model_cache: str = Field("", description="folder for ONNX exports, TensorRT plans and backend timings; "
                                              "empty = $XDG_CACHE_HOME/scanstream/models or ~/.cache/scanstream/models")
+
+    @model_validator(mode="after")
+    def _curve_pair(self) -> "WorkerConfig":
+        if bool(self.curve_secret_key) != bool(self.curve_server_key):
+            raise ValueError("set both worker.curve_secret_key and worker.curve_server_key, or neither")
+        return self
+
+    def curve(self) -> CurveClient | None:
+        """The Curve settings of the worker, or None when not configured."""
+        if not self.curve_secret_key:
+            return None
+        return CurveClient(Path(self.curve_secret_key).expanduser(), Path(self.curve_server_key).expanduser())
 
     def model_cache_path(self) -> Path:
         """Where derived model files are kept (see ``model_cache``)."""

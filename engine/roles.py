@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from engine.broker.broker import Broker
+from engine.broker.security import CurveError
 from engine.broker.worker_link import WorkerLink
 from engine.config import EngineConfig, config_as_env
 from engine.dispatch import LedgerJobSource
@@ -57,6 +58,7 @@ class ReceiverRole:
             LedgerJobSource(self.ledger, self.spool, self.results, StageHistograms(self.metrics)),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
+            curve=config.broker.curve(),
         )
         self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts)
         self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
@@ -158,15 +160,21 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
         log.error("worker.model_unavailable", reason=str(error), backend=config.worker.backend,
                   device=config.worker.device)
         raise SystemExit(2) from error
-    link = WorkerLink(
-        broker,
-        name or worker_name(),
-        runner.handle,
-        capacity=config.worker.capacity,
-        models=runner.model_names(),
-        heartbeat_interval=config.broker.heartbeat_interval_s,
-        liveness=config.broker.heartbeat_liveness,
-    )
+    try:
+        link = WorkerLink(
+            broker,
+            name or worker_name(),
+            runner.handle,
+            capacity=config.worker.capacity,
+            models=runner.model_names(),
+            heartbeat_interval=config.broker.heartbeat_interval_s,
+            liveness=config.broker.heartbeat_liveness,
+            curve=config.worker.curve(),
+        )
+    except CurveError as error:
+        log.error("worker.curve_refused", reason=str(error))
+        runner.close()
+        raise SystemExit(2) from error
     log.info("worker.started", broker=broker, models=",".join(runner.model_names()))
     try:
         link.run(stop)

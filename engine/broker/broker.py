@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from engine.broker.protocol import Command, Message, ProtocolError, decode, encode
+from engine.broker.security import CurveError, CurveServer, is_loopback, secure_server
 from engine.logs import get_logger
 
 log = get_logger(__name__)
@@ -143,10 +145,15 @@ class Broker:
     """ROUTER-socket job broker with credit-based flow control and heartbeated leases."""
 
     def __init__(self, bind: str, source: JobSource, *, heartbeat_interval: float = 1.0, liveness: int = 3,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveServer | None = None) -> None:
         if heartbeat_interval <= 0 or liveness < 1:
             raise ValueError("heartbeat_interval must be > 0 and liveness >= 1")
+        if curve is None and not is_loopback(bind):
+            raise CurveError(f"broker bind {bind} is reachable from other hosts: configure CurveZMQ "
+                             "(broker.curve_secret_key and broker.curve_authorized_keys; see `scanstream keys`)")
         self._bind = bind
+        self._curve = curve
+        self._authenticator: ThreadAuthenticator | None = None
         self._source = source
         self._interval = heartbeat_interval
         self._timeout = heartbeat_interval * liveness
@@ -177,6 +184,12 @@ class Broker:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self._curve is not None:
+            try:
+                self._authenticator = secure_server(sock, self._context, self._curve)
+            except CurveError:
+                sock.close()
+                raise
         try:
             sock.bind(self._bind)
         except zmq.ZMQError as exc:
@@ -213,6 +226,8 @@ class Broker:
                 log.warning("broker.stop_timeout", timeout_s=timeout)
                 return
         self._waker.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         if self._owns_context:
             self._context.term()
         log.info("broker.stopped", address=self._address)

@@ -24,6 +24,7 @@ import zmq
 
 from engine.broker.broker import Waker
 from engine.broker.protocol import Command, Message, ProtocolError, decode, encode
+from engine.broker.security import CurveClient, CurveError, is_loopback, secure_client
 from engine.logs import get_logger
 
 log = get_logger(__name__)
@@ -90,11 +91,15 @@ class WorkerLink:
     def __init__(self, broker: str, name: str, handler: Callable[[JobRequest], JobOutcome], *, capacity: int = 1,
                  models: Sequence[str] = (), heartbeat_interval: float = 1.0, liveness: int = 3,
                  reconnect_min: float = 0.25, reconnect_max: float = 8.0,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, curve: CurveClient | None = None) -> None:
         if capacity < 1 or liveness < 1:
             raise ValueError("capacity and liveness must be >= 1")
         if heartbeat_interval <= 0 or not 0 < reconnect_min <= reconnect_max:
             raise ValueError("heartbeat_interval must be > 0 and 0 < reconnect_min <= reconnect_max")
+        if curve is None and not is_loopback(broker):
+            raise CurveError(f"broker {broker} is not on loopback: configure CurveZMQ "
+                             "(worker.curve_secret_key and worker.curve_server_key; see `scanstream keys`)")
+        self._curve = curve
         self._broker = broker
         self._name = name
         self._handler = handler
@@ -156,6 +161,8 @@ class WorkerLink:
         """Open a fresh DEALER socket and offer the free slots with READY."""
         sock = context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            secure_client(sock, self._curve)
         sock.connect(self._broker)
         self._socket = sock
         self._poller.register(sock, zmq.POLLIN)

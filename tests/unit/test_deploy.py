@@ -332,10 +332,10 @@ def test_every_scanstream_env_var_maps_to_a_config_key(
         rendered: dict[str, list[dict[str, Any]]], compose: dict[str, Any], tmp_path: Path) -> None:
     seen = 0
     for source, env in _manifest_env_vars(rendered, compose).items():
-        for var, value in env.items():
+        for var in env:
             assert var.count("__") == 1, f"{source}: {var} is not SCANSTREAM_<SECTION>__<KEY>"
-            env_config({var: value}, tmp_path)  # raises ConfigError on an unknown section or key
             seen += 1
+        env_config(env, tmp_path)  # one source's variables together: ConfigError on an unknown key or bad pair
     assert seen >= 8
     with pytest.raises(Exception, match="unknown key"):
         env_config({"SCANSTREAM_WORKER__DEVCE": "cuda"}, tmp_path)
@@ -376,16 +376,36 @@ def test_hpa_scales_the_worker_deployment(rendered: dict[str, list[dict[str, Any
     assert hpa["spec"]["minReplicas"] >= 1
 
 
-def test_secrets_are_mounted_as_optional_named_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_secrets_are_mounted_as_named_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for obj, container in containers(rendered["cpu"]):
         volumes = {v["name"]: v for v in pod_spec(obj)["volumes"]}
         assert {m["name"] for m in container["volumeMounts"]} <= set(volumes) | {
             t["metadata"]["name"] for t in obj["spec"].get("volumeClaimTemplates", [])}
         secrets = [v["secret"] for v in volumes.values() if "secret" in v]
-        assert secrets and all(s["secretName"].startswith("scanstream-") and s["optional"] for s in secrets)
+        assert secrets and all(s["secretName"].startswith("scanstream-") for s in secrets)
+        # Curve keys are required (the broker binds off loopback); the TLS one is optional until TLS is built.
+        assert all(s["optional"] == (s["secretName"] == "scanstream-dicom-tls") for s in secrets)
     names = {v["secret"]["secretName"] for obj, _ in containers(rendered["cpu"])
              for v in pod_spec(obj)["volumes"] if "secret" in v}
-    assert names == {"scanstream-dicom-tls", "scanstream-curve-server", "scanstream-curve-client"}
+    assert names == {"scanstream-dicom-tls", "scanstream-curve-server", "scanstream-curve-workers",
+                     "scanstream-curve-client"}
+
+
+def test_curve_key_paths_in_the_config_are_where_the_secrets_are_mounted(
+        rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """Each Curve path the engine reads lies under a secret mount of the container that reads it."""
+    configmap = find(rendered["cpu"], "ConfigMap", "scanstream-config")
+    path = tmp_path / "c.toml"
+    path.write_text(configmap["data"]["scanstream.toml"])
+    config = load_config(path)
+    wanted = {"receiver": [config.broker.curve_secret_key, config.broker.curve_authorized_keys],
+              "worker": [config.worker.curve_secret_key, config.worker.curve_server_key]}
+    for obj, container in containers(rendered["cpu"]):
+        role = obj["metadata"]["labels"]["app.kubernetes.io/component"]
+        volumes = {v["name"]: v for v in pod_spec(obj)["volumes"]}
+        mounts = [m["mountPath"] for m in container["volumeMounts"] if "secret" in volumes.get(m["name"], {})]
+        for path in wanted[role]:
+            assert path and any(path == m or path.startswith(m + "/") for m in mounts), (role, path)
 
 
 # -- Dockerfiles -----------------------------------------------------------------------------
@@ -424,10 +444,11 @@ COMPOSE_TOP_LEVEL = {"version", "name", "include", "services", "networks", "volu
 def test_compose_structure(compose: dict[str, Any], tmp_path: Path) -> None:
     assert set(compose) <= COMPOSE_TOP_LEVEL
     services = compose["services"]
-    assert set(services) == {"receiver", "worker", "orthanc"}
+    assert set(services) == {"keys", "receiver", "worker", "orthanc"}
     named_volumes = set(compose["volumes"])
     for name, service in services.items():
-        assert "healthcheck" in service and service["healthcheck"]["test"][0] == "CMD", name
+        if name != "keys":  # a one-shot job has nothing to check once it has run
+            assert "healthcheck" in service and service["healthcheck"]["test"][0] == "CMD", name
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert source in named_volumes or (DEPLOY / source).is_file(), f"{name}: volume {source}"
@@ -447,6 +468,18 @@ def test_compose_structure(compose: dict[str, Any], tmp_path: Path) -> None:
     assert re.fullmatch(r"\$\{SCANSTREAM_WORKERS:-\d+\}", str(worker["deploy"]["replicas"]))
     assert worker["depends_on"]["receiver"]["condition"] == "service_healthy"
     assert "ports" not in worker and "container_name" not in worker  # replicas need neither
+    # The keys job makes what the receiver and workers are told to read, with commands the CLI accepts.
+    script = services["keys"]["command"][0]
+    made = set()
+    for command in re.findall(r"scanstream (keys \S+ --out \S+)", script):
+        parsed = parse_cli(command.split())
+        made |= {f"{parsed.out}/{parsed.name}.key", f"{parsed.out}/{parsed.name}.key_secret"}
+    assert "cp /keys/client.key /keys/workers/" in script
+    worker_config = env_config({**env, **worker["environment"]}, tmp_path)
+    assert {config.broker.curve_secret_key, worker_config.worker.curve_secret_key,
+            worker_config.worker.curve_server_key} <= made
+    assert config.broker.curve_authorized_keys == "/keys/workers"
+    assert worker["depends_on"] and receiver["depends_on"]["keys"]["condition"] == "service_completed_successfully"
     modalities = yaml.safe_load((DEPLOY / "orthanc.json").read_text())["DicomModalities"]
     assert modalities["scanstream"] == [config.receiver.ae_title, "receiver", config.receiver.port]
 
