@@ -585,3 +585,22 @@ def test_healthcheck_worker_follows_its_broker_connection(healthcheck) -> None:
         listener.close()
     ok, message = healthcheck.check(["worker"], {"SCANSTREAM_WORKER__BROKER": f"tcp://127.0.0.1:{port}"})
     assert not ok and str(port) in message
+
+
+def test_workers_write_their_model_cache_to_a_volume(rendered: dict[str, list[dict[str, Any]]],
+                                                     tmp_path: Path) -> None:
+    """Workers run with a read-only root filesystem, so the model cache must be on a writable volume."""
+    configmap = find(rendered["cpu"], "ConfigMap", "scanstream-config")
+    path = tmp_path / "c.toml"
+    path.write_text(configmap["data"]["scanstream.toml"])
+    cache = str(load_config(path).worker.model_cache_path())
+    env = scanstream_env(dockerfile_env(DEPLOY / "Dockerfile"))
+    assert env["SCANSTREAM_WORKER__MODEL_CACHE"] == cache  # the image agrees with the ConfigMap
+    for overlay in ("cpu", "gpu"):
+        worker = find(rendered[overlay], "Deployment", "scanstream-worker")
+        (container,) = pod_spec(worker)["containers"]
+        assert container["securityContext"]["readOnlyRootFilesystem"]
+        volumes = {v["name"]: v for v in pod_spec(worker)["volumes"]}
+        writable = [m["mountPath"] for m in container["volumeMounts"]
+                    if "emptyDir" in volumes.get(m["name"], {}) and not m.get("readOnly")]
+        assert any(cache.startswith(m + "/") for m in writable), (overlay, cache, writable)
