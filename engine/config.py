@@ -59,6 +59,9 @@ class StorageConfig(_Section):
     """Where spool, ledger and results live."""
 
     data_dir: Path = Path("./scanstream-data")
+    min_free_bytes: int = Field(512 * 1024 * 1024, ge=0,
+                                description="below this much free space on the spool's disk, new associations are "
+                                            "refused (A-ASSOCIATE-RJ 2,3,2); 0 turns the check off")
 
     @property
     def spool_dir(self) -> Path:

@@ -78,6 +78,7 @@ class ReceiverRole:
             dimse_timeout=receiver.dimse_timeout_s,
             network_timeout=receiver.network_timeout_s,
             duplicate_policy=receiver.duplicate_policy,
+            min_free_bytes=storage.min_free_bytes,
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals))

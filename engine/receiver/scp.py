@@ -7,7 +7,9 @@ allow-list (1,1,3), more than ``max_associations`` (2,3,2). Handlers live in
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 from pydicom.uid import (
@@ -48,6 +50,43 @@ class ReceiverError(Exception):
     """The SCP could not start (the message names the address)."""
 
 
+class DiskGuard:
+    """Refuses new associations while the spool's filesystem has less than ``min_free_bytes`` free.
+
+    Checked when each connection opens, before the association is negotiated:
+    below the mark the AE's association limit drops to 0, so pynetdicom answers
+    A-ASSOCIATE-RJ (transient, service-provider, local-limit-exceeded: 2, 3, 2)
+    and the sender retries later; open associations carry on (an instance that
+    cannot be written still gets 0xA700). Above the mark the limit is restored.
+    """
+
+    def __init__(self, ae: AE, path: Path, min_free_bytes: int, max_associations: int) -> None:
+        self._ae = ae
+        self._path = path
+        self._min_free = min_free_bytes
+        self._max = max_associations
+        self._low = False
+
+    def free_bytes(self) -> int:
+        """Free bytes on the spool's filesystem for an unprivileged writer."""
+        return int(shutil.disk_usage(self._path).free)
+
+    def on_connection(self, event: evt.Event) -> None:
+        """EVT_CONN_OPEN handler: set the association limit from the free space now."""
+        free = self.free_bytes()
+        low = free < self._min_free
+        # The public setter refuses 0; pynetdicom's ACSE rejects (2, 3, 2) when the open acceptor
+        # associations, this one included, exceed the stored limit. tests/unit/test_scp.py pins this.
+        self._ae._maximum_associations = 0 if low else self._max
+        if low != self._low:
+            self._low = low
+            if low:
+                log.warning("scp.disk_low", free_bytes=free, min_free_bytes=self._min_free,
+                            action="refusing new associations")
+            else:
+                log.info("scp.disk_ok", free_bytes=free, min_free_bytes=self._min_free)
+
+
 class ReceiverSCP:
     """A pynetdicom storage SCP writing to the spool and the ledger.
 
@@ -60,7 +99,8 @@ class ReceiverSCP:
                  on_instance_stored: Callable[[str], object], *, max_associations: int = 16,
                  allowed_calling_aets: Sequence[str] = (), max_instance_bytes: int = 2**31 - 1,
                  max_pdu: int = 4 * 1024 * 1024, acse_timeout: float = 30, dimse_timeout: float = 60,
-                 network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first") -> None:
+                 network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first",
+                 min_free_bytes: int = 0) -> None:
         self.ae_title = ae_title
         self.host = host
         self._port = port
@@ -75,6 +115,7 @@ class ReceiverSCP:
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self._ae = ae
+        self._disk = DiskGuard(ae, spool.root, min_free_bytes, max_associations)
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -90,6 +131,7 @@ class ReceiverSCP:
             raise ReceiverError(f"the SCP on {self.host}:{self.port} is already started")
         handlers = [
             (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
+            (evt.EVT_CONN_OPEN, self._disk.on_connection),
             (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
             (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
         ]

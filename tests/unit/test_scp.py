@@ -555,3 +555,22 @@ def test_port_zero_binds_a_free_port_and_a_taken_port_is_named(tmp_path: Path, r
         assert other.port == fixed
     finally:
         other.stop()
+
+
+def test_new_associations_are_refused_below_the_disk_low_water_mark(receiver_factory,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    receiver = receiver_factory(min_free_bytes=1)
+    guard = receiver.scp._disk
+    assoc, rejection = associate(receiver.scp.port)
+    assert rejection is None and assoc.is_established  # plenty of room: at least one byte free
+    assoc.release()
+    guard._min_free = guard.free_bytes() * 1000 + 1  # the disk is now "below the mark"
+    with caplog.at_level(logging.WARNING, logger="engine.receiver.scp"):
+        refused, rejection = associate(receiver.scp.port)
+    assert rejection == LOCAL_LIMIT_EXCEEDED and refused.is_rejected
+    (line,) = [r.__dict__["fields"] for r in caplog.records if r.getMessage() == "scp.disk_low"]
+    assert line["min_free_bytes"] == guard._min_free and line["free_bytes"] < guard._min_free
+    guard._min_free = 1  # space came back
+    again, rejection = associate(receiver.scp.port)
+    assert rejection is None and again.is_established
+    again.release()
