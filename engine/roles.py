@@ -30,6 +30,7 @@ from engine.logs import get_logger
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins, load_plugins
 from engine.receiver.assembler import Assembler
+from engine.receiver.audit import AuditTrail
 from engine.receiver.ledger import FINAL_JOB_STATES, Ledger
 from engine.receiver.parse import is_safe_uid
 from engine.receiver.router import Router
@@ -79,6 +80,7 @@ class ReceiverRole:
             network_timeout=receiver.network_timeout_s,
             duplicate_policy=receiver.duplicate_policy,
             min_free_bytes=storage.min_free_bytes,
+            audit=AuditTrail(storage.data_dir / "audit.log"),
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals))

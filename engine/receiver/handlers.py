@@ -18,6 +18,7 @@ from pydicom.uid import UID
 from pynetdicom import evt
 
 from engine.logs import get_logger
+from engine.receiver.audit import AuditTrail
 from engine.receiver.ledger import AddOutcome, DuplicatePolicy, Ledger
 from engine.receiver.parse import InstanceRejected, parse_instance, validate_uids
 from engine.receiver.spool import Spool, SpoolError, encode_file_meta
@@ -39,6 +40,7 @@ class StoreHandler:
     on_instance_stored: Callable[[str], object]
     duplicate_policy: DuplicatePolicy = "keep_first"
     max_instance_bytes: int = 2**31 - 1
+    audit: AuditTrail | None = None
 
     def __call__(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor
@@ -48,6 +50,8 @@ class StoreHandler:
         except InstanceRejected as rejection:
             log.warning("instance.rejected", status=f"0x{rejection.status:04X}", reason=rejection.reason,
                         calling_ae=calling_ae, address=requestor.address)
+            if self.audit is not None:
+                self.audit.count(event, "refused")
             return int(rejection.status)
         if series_uid is not None:
             self._notify(series_uid)
@@ -76,6 +80,9 @@ class StoreHandler:
             self._discard(added.discard)
         log.info("instance." + added.outcome.value, study_key=added.study_key, bytes=entry.size,
                  calling_ae=calling_ae, reopened=added.reopened)
+        if self.audit is not None:
+            stored = added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED)
+            self.audit.count(event, "stored" if stored else "duplicate", entry.size if stored else 0, added.study_key)
         return meta.series_uid if added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED) else None
 
     def _discard(self, name: str) -> None:

@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from engine.logs import get_logger
+from engine.receiver.audit import AuditTrail
 from engine.receiver.handlers import StoreHandler, handle_echo, log_association, tcp_nodelay
 from engine.receiver.ledger import DuplicatePolicy, Ledger
 from engine.receiver.spool import Spool
@@ -100,11 +101,12 @@ class ReceiverSCP:
                  allowed_calling_aets: Sequence[str] = (), max_instance_bytes: int = 2**31 - 1,
                  max_pdu: int = 4 * 1024 * 1024, acse_timeout: float = 30, dimse_timeout: float = 60,
                  network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first",
-                 min_free_bytes: int = 0) -> None:
+                 min_free_bytes: int = 0, audit: AuditTrail | None = None) -> None:
         self.ae_title = ae_title
         self.host = host
         self._port = port
-        self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes)
+        self._audit = audit
+        self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes, audit)
         ae = AE(ae_title=ae_title)
         ae.maximum_associations = max_associations
         ae.maximum_pdu_size = max_pdu
@@ -134,6 +136,7 @@ class ReceiverSCP:
             (evt.EVT_CONN_OPEN, self._disk.on_connection),
             (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
             (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
+            *(self._audit.handlers() if self._audit is not None else []),
         ]
         try:
             self._server = self._ae.start_server((self.host, self._port), block=False, evt_handlers=handlers)

@@ -574,3 +574,34 @@ def test_new_associations_are_refused_below_the_disk_low_water_mark(receiver_fac
     again, rejection = associate(receiver.scp.port)
     assert rejection is None and again.is_established
     again.release()
+
+
+def test_audit_trail_records_who_sent_what_without_patient_data(tmp_path: Path, receiver_factory) -> None:
+    import json
+
+    from engine.receiver.audit import AuditTrail
+
+    audit = AuditTrail(tmp_path / "audit.log")
+    receiver = receiver_factory(audit=audit, allowed_calling_aets=["PYSCU"])
+    series = ct_series(3)
+    for ds in series:
+        ds.PatientName, ds.PatientID = "Doe^Jane", "MRN-12345"
+    short = series[2]
+    short.PixelData = short.PixelData[:100]
+    statuses = send_many(receiver.scp.port, [series[0], series[1], series[1], short])
+    assert statuses == [0, 0, 0, StoreStatus.CANNOT_UNDERSTAND_TRUNCATED]
+    assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
+    deadline = time.monotonic() + 5
+    while len((tmp_path / "audit.log").read_text().splitlines() if (tmp_path / "audit.log").exists() else []) < 2:
+        assert time.monotonic() < deadline, "audit lines not written"
+        time.sleep(0.02)
+    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    transferred = next(line for line in lines if line["event"] == "instances-transferred")
+    assert (transferred["calling_ae"], transferred["called_ae"], transferred["ended"]) == ("PYSCU", AET, "released")
+    assert (transferred["stored"], transferred["duplicates"], transferred["refused"]) == (2, 1, 1)
+    assert transferred["bytes"] > 0 and transferred["address"].startswith("127.0.0.1:")
+    assert transferred["study_keys"] == [receiver.ledger.study_key(str(series[0].StudyInstanceUID))]
+    rejected = next(line for line in lines if line["event"] == "association-rejected")
+    assert rejected["calling_ae"] == "STRANGER"
+    text = (tmp_path / "audit.log").read_text()
+    assert "Doe" not in text and "MRN-12345" not in text and str(series[0].StudyInstanceUID) not in text
