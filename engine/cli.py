@@ -75,11 +75,13 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker connected to a broker."""
-    from engine.roles import run_worker, stop_on_signals, worker_name
+    from engine.roles import run_worker, stop_on_signals, stop_with_parent, worker_name
 
     config = _config(args)
     stop = threading.Event()
     stop_on_signals(stop)
+    if args.parent_pid:
+        stop_with_parent(args.parent_pid, stop)
     run_worker(config, args.broker or config.worker_broker, stop, name=worker_name(args.index))
     return 0
 
@@ -272,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = add("worker", cmd_worker, "run one worker connected to a broker")
     worker.add_argument("--broker", help="broker endpoint, e.g. tcp://HOST:5570 (worker.broker)")
     worker.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
+    worker.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     send = add("send", cmd_send, "C-STORE DICOM files or folders (a modality simulator)")
     send.add_argument("paths", nargs="+", type=Path)
     send.add_argument("--host", default="127.0.0.1")

@@ -186,6 +186,20 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
     log.info("worker.stopped")
 
 
+def stop_with_parent(parent_pid: int, stop: threading.Event, interval_s: float = 1.0) -> None:
+    """Set ``stop`` when ``parent_pid`` is no longer this process's parent (it died, even by SIGKILL).
+
+    Workers spawned by ``scanstream serve`` use it so a killed ``serve`` leaves no orphans.
+    """
+    def watch() -> None:
+        while not stop.wait(interval_s):
+            if os.getppid() != parent_pid:
+                log.warning("worker.parent_gone", parent_pid=parent_pid)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def stop_on_signals(stop: threading.Event) -> None:
     """Set ``stop`` on SIGTERM and SIGINT (graceful shutdown)."""
     def handler(signum: int, _frame: object) -> None:
@@ -216,7 +230,8 @@ class WorkerSupervisor:
         self._stop = threading.Event()
 
     def _spawn(self, index: int) -> None:
-        command = [sys.executable, "-m", "engine.cli", "worker", "--broker", self._broker, "--index", str(index)]
+        command = [sys.executable, "-m", "engine.cli", "worker", "--broker", self._broker, "--index", str(index),
+                   "--parent-pid", str(os.getpid())]
         process = subprocess.Popen(command, env=self._env)
         self._children[index] = _Child(index, process, time.monotonic())
         log.info("worker.spawned", index=index, pid=process.pid)

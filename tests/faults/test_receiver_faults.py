@@ -1,0 +1,116 @@
+"""The receiver under attack or failure: garbage on the port, a crash mid-association, a full disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.ports import free_port
+from engine.testing import EngineProcess, storescu, write_config
+
+
+def echo(port: int) -> bool:
+    return subprocess.run(["echoscu", "-aec", "SCANSTREAM", "127.0.0.1", str(port)],
+                          capture_output=True).returncode == 0
+
+
+def stored_instances(ledger: Path) -> set[str]:
+    with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as db:
+        return {row[0] for row in db.execute("SELECT sop_instance_uid FROM instances")}
+
+
+def test_garbage_http_and_a_huge_pdu_length_leave_the_server_up(tmp_path: Path, require_dcmtk: None) -> None:
+    with EngineProcess(tmp_path / "data", workers=0) as engine:
+        for payload in (os.urandom(4096), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"\x01\x00" + b"\xff\xff\xff\xff" + b"\x00" * 64):  # A-ASSOCIATE-RQ claiming 4 GiB
+            with socket.create_connection(("127.0.0.1", engine.port), timeout=10) as peer:
+                peer.sendall(payload)
+                peer.shutdown(socket.SHUT_WR)
+                peer.settimeout(10)
+                try:
+                    while peer.recv(65536):  # the server answers (A-ABORT/A-ASSOCIATE-RJ) or closes
+                        pass
+                except (ConnectionResetError, TimeoutError):
+                    pass
+            assert echo(engine.port), f"server down after {payload[:16]!r}"
+        assert engine.process.poll() is None
+        log = engine.log_tail(400)
+    assert "Traceback" not in log
+
+
+def test_receiver_killed_mid_association_keeps_every_acknowledged_instance(tmp_path: Path,
+                                                                          require_dcmtk: None) -> None:
+    files = write_ct_series(generate_ct_phantom(51, slices=120, size=256), tmp_path / "study")
+    engine = EngineProcess(tmp_path / "data", workers=1)
+    engine.start()
+    try:
+        sender = subprocess.Popen(["storescu", "-v", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port),
+                                   *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ledger = tmp_path / "data" / "ledger.sqlite"
+        deadline = time.monotonic() + 60
+        while len(stored_instances(ledger)) < 20:
+            assert time.monotonic() < deadline and sender.poll() is None, "association ended too early"
+            time.sleep(0.01)
+        engine.process.kill()  # SIGKILL: no cleanup at all; its worker notices and exits
+        output, _ = sender.communicate(timeout=60)
+        assert sender.returncode != 0  # the association died with the receiver
+    finally:
+        engine.stop()
+    acknowledged = output.count("Received Store Response (Success)")
+    kept = stored_instances(tmp_path / "data" / "ledger.sqlite")
+    assert 0 < acknowledged <= len(kept) < len(files)  # every acknowledged instance is in the ledger ...
+    spool = {p.name for p in (tmp_path / "data" / "spool").rglob("*") if p.is_file() and not p.name.startswith(".")}
+    with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+        names = {row[0] for row in db.execute("SELECT spool_name FROM instances")}
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert names <= spool  # ... and its file is in the spool
+    restarted = EngineProcess(tmp_path / "data", workers=1)
+    restarted.port, restarted.http_port = engine.port, engine.http_port
+    with restarted:
+        assert storescu(files, restarted.port).returncode == 0  # the modality sends the study again
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        (job,) = restarted.wait_for_jobs(study_uid, 1, timeout=240)
+        assert job.state == "done", job.reason
+    assert len(stored_instances(tmp_path / "data" / "ledger.sqlite")) == len(files)
+
+
+def test_full_disk_answers_a700_keeps_what_fit_and_refuses_new_associations(tmp_path: Path,
+                                                                            require_dcmtk: None) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs as the spool needs root")
+    data = tmp_path / "data"
+    spool = data / "spool"
+    spool.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(spool)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        files = write_ct_series(generate_ct_phantom(52, slices=48, size=256), tmp_path / "study")  # ~6 MB
+        with EngineProcess(data, workers=0, extra={"storage": {"min_free_bytes": 1024 * 1024}}) as engine:
+            sent = subprocess.run(["storescu", "-v", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port),
+                                   *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True,
+                                  text=True, timeout=120)
+            output = sent.stdout + sent.stderr
+            acknowledged = output.count("Received Store Response (Success)")
+            assert "Received Store Response (Refused: OutOfResources)" in output  # 0xA700
+            kept = stored_instances(data / "ledger.sqlite")
+            assert 0 < acknowledged == len(kept) < len(files)
+            leftovers = [p for p in spool.rglob("*") if p.is_file() and p.name.startswith(".")]
+            assert leftovers == []  # partial files removed
+            assert not echo(engine.port)  # below the low-water mark: the next association is refused
+            assert engine.process.poll() is None
+    finally:
+        subprocess.run(["umount", str(spool)], capture_output=True)
