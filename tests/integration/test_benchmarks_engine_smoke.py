@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import latency, overhead, scaling, soak
+from benchmarks import broker_queue, latency, overhead, receive_compare, scaling, soak
 
 
 @pytest.mark.parametrize("module, keys", [
@@ -15,6 +15,8 @@ from benchmarks import latency, overhead, scaling, soak
     (latency, {"overhead_p50_s", "overhead_p99_s", "parts_p50_s"}),
     (scaling, {"studies_per_s", "ratio_2_over_1", "projection"}),
     (soak, {"rss_samples", "rss_growth_mb", "loss"}),
+    (receive_compare, {"results", "ratio_vs_dcmtk", "skipped"}),
+    (broker_queue, {"round_trip_median_s", "study_mb_s", "raw_socket_mb_s", "ratio"}),
 ])
 def test_engine_benchmark_runs(module, keys: set[str], tmp_path: Path) -> None:
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0
