@@ -123,7 +123,7 @@ def probe_cpu(artifacts: ModelArtifacts, threads: int = 0, *, refresh: bool = Fa
         raise BackendUnavailable(f"model {artifacts.spec.name!r}: no CPU backend works: {'; '.join(problems)}")
     best = max(measured, key=measured.__getitem__)
     batch = min(PROBE_BATCH, artifacts.spec.max_batch)
-    reason = (f"fastest on this CPU: " + ", ".join(f"{n} {v:.1f} items/s" for n, v in measured.items())
+    reason = ("fastest on this CPU: " + ", ".join(f"{n} {v:.1f} items/s" for n, v in measured.items())
               + f" at batch {batch}, measured {time.strftime('%Y-%m-%d')}")
     if problems:
         reason += "; unavailable: " + "; ".join(problems)

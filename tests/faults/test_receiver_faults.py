@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +15,7 @@ import pydicom
 import pytest
 
 from engine.phantom import generate_ct_phantom, write_ct_series
-from engine.ports import free_port
-from engine.testing import EngineProcess, storescu, write_config
+from engine.testing import EngineProcess, storescu
 
 
 def echo(port: int) -> bool:
@@ -114,3 +112,44 @@ def test_full_disk_answers_a700_keeps_what_fit_and_refuses_new_associations(tmp_
             assert engine.process.poll() is None
     finally:
         subprocess.run(["umount", str(spool)], capture_output=True)
+
+
+def test_a_dataset_claiming_2_gb_of_pixels_is_refused_before_any_decode(tmp_path: Path, require_dcmtk: None) -> None:
+    from tests.unit.factories import ct_slice
+
+    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1000, size=64)))
+    ds.Rows = ds.Columns = 32768
+    ds.NumberOfFrames = 1  # 32768 x 32768 x 16 bit = 2 GiB claimed, 8 KiB present
+    path = tmp_path / "claims-2gb.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with EngineProcess(tmp_path / "data", workers=0) as engine:
+        sent = subprocess.run(["storescu", "-v", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port), str(path)],
+                              env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=60)
+        assert "Received Store Response (Error: CannotUnderstand" in sent.stdout + sent.stderr  # 0xC0xx
+        assert echo(engine.port) and engine.process.poll() is None
+        assert stored_instances(tmp_path / "data" / "ledger.sqlite") == set()
+    assert [p for p in (tmp_path / "data" / "spool").rglob("*") if p.is_file()] == []
+
+
+def test_an_association_aborted_mid_instance_leaves_no_trace(tmp_path: Path, require_dcmtk: None) -> None:
+    from tests.unit.factories import ct_slice
+
+    ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1000, size=4096)))  # one 32 MiB instance
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with EngineProcess(tmp_path / "data", workers=0,
+                       extra={"receiver": {"max_pdu_bytes": 16384}}) as engine:  # many PDUs per instance
+        sender = subprocess.Popen(["storescu", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port), str(path)],
+                                  env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # mid-transfer: 32 MiB at 16 KiB per PDU takes seconds through pynetdicom
+        assert sender.poll() is None, "the instance was sent before it could be interrupted"
+        sender.kill()  # the TCP connection drops mid-instance
+        sender.wait()
+        deadline = time.monotonic() + 30
+        while "assoc.aborted" not in engine.log_tail(200):
+            assert time.monotonic() < deadline, engine.log_tail()
+            time.sleep(0.1)
+        assert echo(engine.port) and engine.process.poll() is None
+        assert stored_instances(tmp_path / "data" / "ledger.sqlite") == set()
+    assert [p for p in (tmp_path / "data" / "spool").rglob("*") if p.is_file()] == []

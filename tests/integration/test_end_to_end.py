@@ -14,7 +14,6 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-import pytest
 
 from engine.phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
