@@ -41,6 +41,8 @@ class ReceiverConfig(_Section):
     max_associations: int = Field(16, ge=1)
     allowed_calling_aets: list[str] = Field(default_factory=list)
     max_instance_bytes: int = Field(2**31 - 1, ge=1024)
+    max_study_bytes: int = Field(0, ge=0, description="bytes one study may hold; an instance over it gets 0xA700; "
+                                                      "0 = no cap")
     max_pdu_bytes: int = Field(4 * 1024 * 1024, ge=0)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)

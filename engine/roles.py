@@ -74,6 +74,7 @@ class ReceiverRole:
             max_associations=receiver.max_associations,
             allowed_calling_aets=receiver.allowed_calling_aets,
             max_instance_bytes=receiver.max_instance_bytes,
+            max_study_bytes=receiver.max_study_bytes,
             max_pdu=receiver.max_pdu_bytes,
             acse_timeout=receiver.acse_timeout_s,
             dimse_timeout=receiver.dimse_timeout_s,

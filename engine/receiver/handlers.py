@@ -41,6 +41,7 @@ class StoreHandler:
     duplicate_policy: DuplicatePolicy = "keep_first"
     max_instance_bytes: int = 2**31 - 1
     audit: AuditTrail | None = None
+    max_study_bytes: int = 0  # 0: no cap
 
     def __call__(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor
@@ -67,6 +68,11 @@ class StoreHandler:
         file_meta = event.file_meta
         meta = parse_instance(raw, UID(file_meta.TransferSyntaxUID), self.max_instance_bytes)
         validate_uids(meta, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
+        if self.max_study_bytes:
+            held = self.ledger.study_bytes(meta.study_uid)
+            if held + len(raw) > self.max_study_bytes:
+                raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
+                                       f"study would hold {held + len(raw)} bytes, over the cap of {self.max_study_bytes}")
         try:
             entry = self.spool.store(encode_file_meta(file_meta), raw)
         except SpoolError as exc:

@@ -495,6 +495,13 @@ class Ledger:
                 stages.setdefault(job_id, {})[stage] = seconds
         return [JobTimeline(*row, worker_stages=stages.get(row[0], {})) for row in rows]
 
+    def study_bytes(self, study_uid: str) -> int:
+        """Bytes of the instances stored for one study so far."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(SUM(i.size), 0) FROM instances i JOIN series s USING (series_uid)"
+                                   " WHERE s.study_uid = ?", (study_uid,)).fetchone()
+        return int(row[0])
+
     def received_totals(self) -> tuple[int, int]:
         """(instances, bytes) stored so far."""
         with self._lock:

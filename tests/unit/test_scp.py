@@ -605,3 +605,14 @@ def test_audit_trail_records_who_sent_what_without_patient_data(tmp_path: Path, 
     assert rejected["calling_ae"] == "STRANGER"
     text = (tmp_path / "audit.log").read_text()
     assert "Doe" not in text and "MRN-12345" not in text and str(series[0].StudyInstanceUID) not in text
+
+
+def test_a_study_over_its_byte_cap_gets_a700_for_the_instance_that_would_cross_it(receiver_factory) -> None:
+    series = ct_series(3, size=16)
+    one = len(_bytes(series[0]))
+    receiver = receiver_factory(max_study_bytes=2 * one + one // 2)
+    statuses = send_many(receiver.scp.port, series)
+    assert statuses == [StoreStatus.SUCCESS, StoreStatus.SUCCESS, StoreStatus.OUT_OF_RESOURCES]
+    assert receiver.instances == 2 and len(spool_files(receiver.spool.root)) == 2
+    other = ct_series(1, size=16)  # another study has its own budget
+    assert send_many(receiver.scp.port, other) == [StoreStatus.SUCCESS]
