@@ -14,6 +14,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 OUTPUT_KINDS_BUILTIN = ("result_json", "seg")
+"""The default ``ModelSpec.outputs``; every built-in kind is in :data:`OUTPUT_KINDS_ALL`."""
+OUTPUT_KINDS_ALL = ("result_json", "seg", "sr", "derived_series", "preview")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
 
 
@@ -76,29 +78,59 @@ class Volume:
         return float(s * r * c) / 1000.0
 
 
+@dataclass(frozen=True)
+class ImageRegion:
+    """A box on one slice of the volume, in that slice's pixel coordinates (DICOM SCOORD convention).
+
+    ``slice_index`` indexes ``Volume.stored`` (and so ``Volume.frames``/``sources``);
+    ``box`` is (column_min, row_min, column_max, row_max) with pixel centres at
+    integer + 0.5, as DICOM SCOORD expects (the top-left corner of the image is 0, 0).
+    """
+
+    slice_index: int
+    box: tuple[float, float, float, float]
+
+
 @dataclass
 class Finding:
-    """One thing a model found; ``volume_ml`` and ``centroid_mm`` are optional per family."""
+    """One thing a model found; the optional fields are filled per family.
+
+    Segmentation: ``volume_ml``, ``voxel_count``, ``centroid_mm``. Detection:
+    ``regions`` (one box per slice the finding spans) and ``centroid_mm``.
+    Classification: ``probability`` of the study-level label.
+    """
 
     label: str
     probability: float | None = None
     volume_ml: float | None = None
     voxel_count: int | None = None
     centroid_mm: tuple[float, float, float] | None = None
+    regions: list[ImageRegion] = field(default_factory=list)
 
 
 @dataclass
 class ModelResult:
     """What a model's postprocess returns for one series.
 
-    ``label_map`` (uint8, same shape as the volume's voxels, 0 = background,
-    k = ``segment_labels[k-1]``) is read by the SEG writer.
+    Each family fills what its writers read:
+
+    - ``label_map`` (uint8, the volume's shape, 0 = background, k =
+      ``segment_labels[k-1]``): the SEG writer (segmentation);
+    - ``findings`` with ``regions``: the SR writer's image regions (detection);
+    - ``class_probabilities`` (label -> study-level probability) and
+      ``findings`` for the labels judged present: the SR writer (classification);
+    - ``derived_voxels`` (float32, the volume's shape, physical units such as
+      HU): the derived-series writer (reconstruction).
+
+    The preview writer reads whichever of these is set.
     """
 
     summary: str
     findings: list[Finding] = field(default_factory=list)
     label_map: np.ndarray | None = None
     segment_labels: list[str] = field(default_factory=list)
+    class_probabilities: dict[str, float] = field(default_factory=dict)
+    derived_voxels: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
