@@ -11,7 +11,9 @@ are comma-separated (``SCANSTREAM_RECEIVER__ALLOWED_CALLING_AETS=CT1,CT2``).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -19,6 +21,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.broker.security import CurveClient, CurveServer
+from engine.config_entries import DestinationConfig, ModelEntryConfig, RoutingConfig
 
 ENV_PREFIX = "SCANSTREAM_"
 DEFAULT_CONFIG_FILE = "scanstream.toml"
@@ -176,7 +179,7 @@ class LoggingConfig(_Section):
 
 
 class EngineConfig(_Section):
-    """The whole configuration."""
+    """The whole configuration: one table per component, plus ``[[destinations]]`` and ``[[models]]`` lists."""
 
     receiver: ReceiverConfig = Field(default_factory=ReceiverConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -186,6 +189,18 @@ class EngineConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    models: list[ModelEntryConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "EngineConfig":
+        for key, entries in (("destinations", self.destinations), ("models", self.models)):
+            names = [entry.name for entry in entries]
+            twice = sorted({name for name in names if names.count(name) > 1})
+            if twice:
+                raise ValueError(f"{key}: names must be unique, {', '.join(twice)} appear(s) more than once")
+        return self
 
     @property
     def worker_broker(self) -> str:
@@ -193,40 +208,90 @@ class EngineConfig(_Section):
         return self.worker.broker or self.broker.bind.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], str]]:
-    """Collect ``SCANSTREAM_SECTION__KEY`` variables into a nested dict, remembering each source."""
-    data: dict[str, dict[str, Any]] = {}
-    sources: dict[tuple[str, str], str] = {}
+# Lists of tables (``[[destinations]]``, ``[[models]]``) travel in the environment as one JSON array each.
+LIST_SECTIONS = ("destinations", "models")
+_LIST_VAR = re.compile(rf"^{ENV_PREFIX}({'|'.join(name.upper() for name in LIST_SECTIONS)})$")
+
+
+def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Collect ``SCANSTREAM_SECTION__KEY`` variables into a nested dict, remembering each source.
+
+    ``SCANSTREAM_DESTINATIONS`` / ``SCANSTREAM_MODELS`` hold a JSON array that replaces the file's list.
+    """
+    data: dict[str, Any] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    for var, value in environ.items():
+        match = _LIST_VAR.match(var)
+        if match:
+            name = match.group(1).lower()
+            try:
+                data[name] = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment {var}: expected a JSON array of tables, got invalid JSON "
+                                  f"({exc.msg} at character {exc.pos})") from None
+            sources[(name,)] = var
     list_keys = {
         (name, key)
         for name, section in EngineConfig.model_fields.items()
+        if name not in LIST_SECTIONS
         for key, field in section.annotation.model_fields.items()  # type: ignore[union-attr]
         if getattr(field.annotation, "__origin__", None) is list
+    }
+    dict_keys = {
+        (name, key)
+        for name, section in EngineConfig.model_fields.items()
+        if name not in LIST_SECTIONS
+        for key, field in section.annotation.model_fields.items()  # type: ignore[union-attr]
+        if getattr(field.annotation, "__origin__", None) is dict
     }
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or "__" not in var:
             continue
         section, _, key = var[len(ENV_PREFIX):].lower().partition("__")
-        parsed: Any = [v.strip() for v in value.split(",") if v.strip()] if (section, key) in list_keys else value
+        parsed: Any = value
+        if (section, key) in list_keys:
+            parsed = [v.strip() for v in value.split(",") if v.strip()]
+        elif (section, key) in dict_keys:
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"environment {var}: expected a JSON object, got invalid JSON ({exc.msg})") from None
         data.setdefault(section, {})[key] = parsed
         sources[(section, key)] = var
     return data, sources
 
 
-def _merge(base: dict[str, Any], override: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for section, values in override.items():
+        if section in LIST_SECTIONS:
+            merged[section] = values
+            continue
         target = merged.get(section)
         merged[section] = {**target, **values} if isinstance(target, dict) else dict(values)
     return merged
 
 
-def _describe(error: ValidationError, origin: str, env_sources: dict[tuple[str, str], str]) -> str:
+def _entry_key(data: dict[str, Any], loc: tuple[str, ...]) -> str:
+    """``models[1].selector.modality`` -> ``models[1] ("ct-onnx").selector.modality``: name the entry."""
+    if len(loc) < 2 or loc[0] not in LIST_SECTIONS or not loc[1].isdigit():
+        return ".".join(loc)
+    entries = data.get(loc[0])
+    index = int(loc[1])
+    name = ""
+    if isinstance(entries, list) and index < len(entries) and isinstance(entries[index], dict):
+        name = f' ("{entries[index].get("name", "")}")' if entries[index].get("name") else ""
+    return f"{loc[0]}[{index}]{name}" + "".join(f".{part}" for part in loc[2:])
+
+
+def _describe(error: ValidationError, origin: str, env_sources: dict[tuple[str, ...], str],
+              data: dict[str, Any] | None = None) -> str:
     lines = []
     for item in error.errors():
         loc = tuple(str(p) for p in item["loc"])
-        key = ".".join(loc)
+        key = _entry_key(data or {}, loc)
         source = env_sources.get(loc[:2]) if len(loc) >= 2 else None
+        source = source or (env_sources.get(loc[:1]) if loc and loc[0] in LIST_SECTIONS else None)
         where = f"environment {source}" if source else origin
         given = item.get("input")
         shown = "" if isinstance(given, dict) else f", got {given!r}"
@@ -255,17 +320,24 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {candidate} is not valid TOML: {exc}") from exc
     env_data, env_sources = _env_overrides(environ)
+    merged = _merge(file_data, env_data)
     try:
-        return EngineConfig.model_validate(_merge(file_data, env_data))
+        return EngineConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin, env_sources)) from None
+        raise ConfigError(_describe(exc, origin, env_sources, merged)) from None
 
 
 def config_as_env(config: EngineConfig) -> dict[str, str]:
     """Environment variables that reproduce ``config`` in a child process (used by ``serve``)."""
     env: dict[str, str] = {}
     for section_name, section in config.model_dump(mode="json").items():
+        if section_name in LIST_SECTIONS:
+            env[f"{ENV_PREFIX}{section_name.upper()}"] = json.dumps(section)
+            continue
         for key, value in section.items():
-            text = ",".join(value) if isinstance(value, list) else str(value)
+            if isinstance(value, dict):
+                text = json.dumps(value)
+            else:
+                text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             env[f"{ENV_PREFIX}{section_name.upper()}__{key.upper()}"] = text
     return env

@@ -3,7 +3,9 @@
 Runs on the broker thread. A job goes out as a header (model, series facts) plus
 one frame per spooled instance file, read from the spool as stored (no decode).
 A DONE files the artifacts under ``results/<study key>/<model>/<series key>/`` and only then
-marks the job done in the ledger, so "done" always means "the files are there".
+marks the job done in the ledger, so "done" always means "the files are there"; then
+the destinations the files go to (``deliveries``) are queued in the same ledger
+transaction, and ``on_done`` wakes the delivery service.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
 
 from engine.broker.broker import CLEAN_REASONS, OutgoingJob, WorkerInfo
 from engine.latency import StageHistograms
@@ -26,11 +30,15 @@ class LedgerJobSource:
     """Implements the broker's ``JobSource`` on the ledger, spool and result store."""
 
     def __init__(self, ledger: Ledger, spool: Spool, results: ResultStore,
-                 histograms: StageHistograms | None = None) -> None:
+                 histograms: StageHistograms | None = None,
+                 deliveries: Callable[[str, Path], list[str]] | None = None,
+                 on_done: Callable[[str], object] | None = None) -> None:
         self._ledger = ledger
         self._spool = spool
         self._results = results
         self._histograms = histograms
+        self._deliveries = deliveries
+        self._on_done = on_done
 
     def next_job(self, worker: WorkerInfo) -> OutgoingJob | None:
         """Lease the most urgent queued job this worker can run, with its instance files."""
@@ -63,7 +71,8 @@ class LedgerJobSource:
         folder = self._results.file(study_key, job.model, self._ledger.series_key(job.series_uid), files)
         stages = {str(k): float(v) for k, v in (result.get("timings_s") or {}).items()
                   if isinstance(v, (int, float))}
-        if self._ledger.complete_job(job_id, attempt, str(folder), time.time(), stages):
+        destinations = self._deliveries(job.model, folder) if self._deliveries is not None else []
+        if self._ledger.complete_job(job_id, attempt, str(folder), time.time(), stages, destinations):
             (timeline,) = self._ledger.timelines([job_id])
             if self._histograms is not None:
                 self._histograms.observe(timeline)
@@ -72,6 +81,8 @@ class LedgerJobSource:
                      artifacts=len(files), summary_findings=len(result.get("findings", [])),
                      end_to_end_s=round(seconds.get("end_to_end", 0.0), 4),
                      overhead_s=round(seconds.get("end_to_end", 0.0) - seconds.get("infer", 0.0), 4))
+            if destinations and self._on_done is not None:
+                self._on_done(job_id)
         else:
             log.warning("job.stale_result", job=job_id, attempt=attempt)
 

@@ -22,10 +22,12 @@ class StatusCollector(Collector):
     """Reads ledger and broker state at scrape time, so the figures are never stale."""
 
     def __init__(self, job_counts: Callable[[], dict[str, int]], workers: Callable[[], int],
-                 received: Callable[[], tuple[int, int]] | None = None) -> None:
+                 received: Callable[[], tuple[int, int]] | None = None,
+                 deliveries: Callable[[], dict[str, int]] | None = None) -> None:
         self._job_counts = job_counts
         self._workers = workers
         self._received = received
+        self._deliveries = deliveries
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         counts = self._job_counts()
@@ -42,6 +44,12 @@ class StatusCollector(Collector):
                                       value=instances)
             yield CounterMetricFamily("scanstream_received_bytes", "Bytes of instances stored and acknowledged",
                                       value=size)
+        if self._deliveries is not None:
+            deliveries = GaugeMetricFamily("scanstream_deliveries", "Result deliveries to destinations by state",
+                                           labels=["state"])
+            for state, count in sorted(self._deliveries().items()):
+                deliveries.add_metric([state], count)
+            yield deliveries
 
 
 StudyReport = Callable[[str], "dict[str, Any] | None"]

@@ -4,7 +4,9 @@ Receiver-side times (first and last instance received, series complete, queued,
 leased, result filed) come from the ledger's clock; the worker reports how long
 its own stages took (decode, preprocess, infer, postprocess, outputs), so no
 stage mixes two hosts' clocks. ``transfer`` is what is left between lease and
-filing: frames to the worker, the result back, and filing it.
+filing: frames to the worker, the result back, and filing it. ``deliver`` is
+filing to the last destination acknowledging the result (when destinations are
+configured), and ``end_to_end_delivered`` last instance received to that.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
 WORKER_STAGES = ("decode", "preprocess", "infer", "postprocess", "outputs")
-STAGES = ("receive", "assemble", "queue", *WORKER_STAGES, "transfer", "end_to_end")
+DELIVERY_STAGES = ("deliver", "end_to_end_delivered")
+STAGES = ("receive", "assemble", "queue", *WORKER_STAGES, "transfer", "end_to_end", "deliver",
+          "end_to_end_delivered")
 # Buckets from 1 ms (a queue hop) to 10 min (a big study on a CPU); Prometheus-style upper bounds.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
            300.0, 600.0)
@@ -35,6 +39,7 @@ class JobTimeline:
     leased: float | None
     finished: float | None
     worker_stages: dict[str, float] = field(default_factory=dict)
+    delivered: float | None = None
 
     def stage_seconds(self) -> dict[str, float]:
         """Duration of every stage that can be computed for this job.
@@ -56,6 +61,9 @@ class JobTimeline:
             stages["transfer"] = max(0.0, self.finished - self.leased - sum(worker.get(n, 0.0) for n in WORKER_STAGES))
         if self.finished is not None:
             stages["end_to_end"] = max(0.0, self.finished - self.last_received)
+        if self.finished is not None and self.delivered is not None:
+            stages["deliver"] = max(0.0, self.delivered - self.finished)
+            stages["end_to_end_delivered"] = max(0.0, self.delivered - self.last_received)
         return stages
 
 
@@ -82,7 +90,8 @@ class StageHistograms:
         self._histogram = Histogram("scanstream_stage_seconds", "Seconds per pipeline stage and model, finished jobs",
                                     ["stage", "model"], buckets=BUCKETS, registry=registry)
 
-    def observe(self, timeline: JobTimeline) -> None:
-        """Add one done job's stage durations."""
+    def observe(self, timeline: JobTimeline, stages: tuple[str, ...] | None = None) -> None:
+        """Add one job's stage durations (only ``stages`` when given: a delivery adds its own two later)."""
         for stage, seconds in timeline.stage_seconds().items():
-            self._histogram.labels(stage=stage, model=timeline.model).observe(seconds)
+            if stages is None or stage in stages:
+                self._histogram.labels(stage=stage, model=timeline.model).observe(seconds)

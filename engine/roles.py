@@ -25,7 +25,8 @@ from engine.broker.worker_link import WorkerLink
 from engine.config import EngineConfig, config_as_env
 from engine.dispatch import LedgerJobSource
 from engine.http import HealthServer, StatusCollector
-from engine.latency import StageHistograms
+from engine.delivery import DeliveryService
+from engine.latency import DELIVERY_STAGES, StageHistograms
 from engine.logs import get_logger
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins, load_plugins
@@ -54,14 +55,18 @@ class ReceiverRole:
         self.spool = Spool(storage.spool_dir)
         self.results = ResultStore(storage.results_dir)
         self.metrics = CollectorRegistry()
+        self.histograms = StageHistograms(self.metrics)
+        self.delivery = DeliveryService(self.ledger, config.destinations, on_sent=self._delivered)
         self.broker = Broker(
             config.broker.bind,
-            LedgerJobSource(self.ledger, self.spool, self.results, StageHistograms(self.metrics)),
+            LedgerJobSource(self.ledger, self.spool, self.results, self.histograms,
+                            deliveries=self.delivery.destinations_for, on_done=self.delivery.wake),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
             curve=config.broker.curve(),
         )
-        self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts)
+        self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts,
+                             priority_values=config.routing.priority_values)
         self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
         receiver = config.receiver
         self.scp = ReceiverSCP(
@@ -82,11 +87,17 @@ class ReceiverRole:
             duplicate_policy=receiver.duplicate_policy,
             min_free_bytes=storage.min_free_bytes,
             audit=AuditTrail(storage.data_dir / "audit.log"),
+            priority_tag=config.routing.priority_tag,
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
-                                              self.ledger.received_totals))
+                                              self.ledger.received_totals, self.ledger.delivery_counts))
         self.http = HealthServer(config.http.host, config.http.port, self.metrics, self.ready, self.study_report)
         self._started = False
+
+    def _delivered(self, job_id: str) -> None:
+        """A job's results reached a destination: add the delivery stages to the histograms."""
+        for timeline in self.ledger.timelines([job_id]):
+            self.histograms.observe(timeline, DELIVERY_STAGES)
 
     def _instance_stored(self, series_uid: str) -> None:
         self.assembler.check(series_uid, time.time())
@@ -104,6 +115,11 @@ class ReceiverRole:
             return None
         jobs = self.ledger.study_jobs(study_uid)
         timelines = {t.job_id: t for t in self.ledger.timelines([j.job_id for j in jobs if j.state == "done"])}
+        deliveries: dict[str, list[dict[str, Any]]] = {}
+        for row in self.ledger.deliveries([j.job_id for j in jobs]):
+            deliveries.setdefault(row.job_id, []).append(
+                {"destination": row.destination, "state": row.state, "attempts": row.attempts, "reason": row.reason,
+                 "warnings": row.warnings, "finished": row.finished})
         return {
             "study_uid": study_uid,
             "study_key": self.ledger.study_key(study_uid),
@@ -113,7 +129,8 @@ class ReceiverRole:
             "jobs": [{"job_id": j.job_id, "series_uid": j.series_uid, "series_revision": j.series_revision,
                       "model": j.model, "state": j.state, "attempts": j.attempts, "reason": j.reason,
                       "created": j.created, "finished": j.finished,
-                      "stages_s": timelines[j.job_id].stage_seconds() if j.job_id in timelines else {}}
+                      "stages_s": timelines[j.job_id].stage_seconds() if j.job_id in timelines else {},
+                      "deliveries": deliveries.get(j.job_id, [])}
                      for j in jobs],
             "final": all(s.state == "complete" for s in series) and all(j.state in FINAL_JOB_STATES for j in jobs),
         }
@@ -132,6 +149,7 @@ class ReceiverRole:
         for series_uid, revision in self.ledger.complete_series_revisions():
             self.router.route(series_uid, revision)
         self.assembler.start(tick=self.config.assembler.tick_s)
+        self.delivery.start()
         self.http.start()
         self.scp.start()
         self._started = True
@@ -144,6 +162,7 @@ class ReceiverRole:
         self.scp.stop()
         self.assembler.stop()
         self.broker.stop()
+        self.delivery.stop()
         self.http.stop()
         self.ledger.close()
         log.info("receiver.stopped")

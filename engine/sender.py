@@ -59,32 +59,57 @@ def _headers(files: Sequence[Path], report: SendReport) -> list[tuple[Path, str,
     return found
 
 
+def store_files(entries: Sequence[tuple[Path, str, str]], host: str, port: int, called_aet: str, calling_aet: str,
+                timeout_s: float | None = None) -> list[tuple[Path, int | None]]:
+    """C-STORE ``(path, SOP class, transfer syntax)`` entries over one association: each file's status.
+
+    The status is None when no response came (the association dropped or timed
+    out). Raises :class:`SendError` when the association cannot be made.
+    """
+    pairs = sorted({(sop, ts) for _, sop, ts in entries})
+    if len(pairs) > MAX_CONTEXTS:
+        raise SendError(f"{len(pairs)} SOP class / transfer syntax pairs exceed the {MAX_CONTEXTS} contexts allowed")
+    if not entries:
+        return []
+    ae = AE(ae_title=calling_aet)
+    if timeout_s is not None:
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+        ae.connection_timeout = timeout_s
+    ae.requested_contexts = [build_context(sop, ts) for sop, ts in pairs]
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
+    if not assoc.is_established:
+        raise SendError(f"association to {called_aet}@{host}:{port} was rejected or failed")
+    statuses: list[tuple[Path, int | None]] = []
+    try:
+        for path, _, _ in entries:
+            if not assoc.is_established:
+                statuses.append((path, None))
+                continue
+            status = assoc.send_c_store(path)
+            statuses.append((path, int(status.Status) if "Status" in status else None))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return statuses
+
+
+def read_headers(files: Sequence[Path]) -> tuple[list[tuple[Path, str, str]], list[str]]:
+    """(path, SOP class, transfer syntax) of each readable DICOM file, and the paths that are not DICOM."""
+    report = SendReport()
+    return _headers(files, report), report.skipped
+
+
 def send_files(
     paths: Iterable[Path | str], host: str, port: int, called_aet: str = "SCANSTREAM", calling_aet: str = "SCANSTREAM_SCU"
 ) -> SendReport:
     """C-STORE every DICOM file under ``paths``; non-DICOM files are skipped and reported."""
     report = SendReport()
     entries = _headers(collect_files(paths), report)
-    pairs = sorted({(sop, ts) for _, sop, ts in entries})
-    if len(pairs) > MAX_CONTEXTS:
-        raise SendError(f"{len(pairs)} SOP class / transfer syntax pairs exceed the {MAX_CONTEXTS} contexts allowed")
-    if not entries:
-        return report
-    ae = AE(ae_title=calling_aet)
-    ae.requested_contexts = [build_context(sop, ts) for sop, ts in pairs]
-    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
-    if not assoc.is_established:
-        raise SendError(f"association to {called_aet}@{host}:{port} was rejected or failed")
-    try:
-        for path, _, _ in entries:
-            status = assoc.send_c_store(path)
-            code = int(status.Status) if "Status" in status else None
-            if code == 0x0000 or (code is not None and code & 0xF000 == 0xB000):
-                report.sent += 1
-                report.bytes_sent += path.stat().st_size
-            else:
-                report.failed.append((str(path), code))
-    finally:
-        assoc.release()
+    for path, code in store_files(entries, host, port, called_aet, calling_aet):
+        if code == 0x0000 or (code is not None and code & 0xF000 == 0xB000):
+            report.sent += 1
+            report.bytes_sent += path.stat().st_size
+        else:
+            report.failed.append((str(path), code))
     log.info("send.finished", sent=report.sent, failed=len(report.failed), skipped=len(report.skipped))
     return report

@@ -42,6 +42,7 @@ class StoreHandler:
     max_instance_bytes: int = 2**31 - 1
     audit: AuditTrail | None = None
     max_study_bytes: int = 0  # 0: no cap
+    priority_tag: str = ""  # routing.priority_tag: its text is kept on the series for the router
 
     def __call__(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor
@@ -66,7 +67,7 @@ class StoreHandler:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
                                    f"instance of {len(raw)} bytes exceeds the cap of {self.max_instance_bytes}")
         file_meta = event.file_meta
-        meta = parse_instance(raw, UID(file_meta.TransferSyntaxUID), self.max_instance_bytes)
+        meta = parse_instance(raw, UID(file_meta.TransferSyntaxUID), self.max_instance_bytes, self.priority_tag)
         validate_uids(meta, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
         if self.max_study_bytes:
             held = self.ledger.study_bytes(meta.study_uid)

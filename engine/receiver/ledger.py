@@ -29,6 +29,7 @@ from engine.receiver.spool import SpoolEntry
 
 DuplicatePolicy = Literal["keep_first", "replace"]
 JOB_STATES = ("queued", "leased", "done", "failed", "dead")
+DELIVERY_STATES = ("pending", "sent", "failed")
 FINAL_JOB_STATES = ("done", "failed", "dead")
 
 # Each step takes the ledger from version i to i + 1; released steps are never edited.
@@ -66,6 +67,15 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE job_stages (
         job_id TEXT NOT NULL REFERENCES jobs, stage TEXT NOT NULL, seconds REAL NOT NULL,
         PRIMARY KEY (job_id, stage));
+    """,
+    """
+    ALTER TABLE series ADD COLUMN priority_value TEXT NOT NULL DEFAULT '';
+    CREATE TABLE deliveries (
+        job_id TEXT NOT NULL REFERENCES jobs, destination TEXT NOT NULL, state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt REAL NOT NULL, created REAL NOT NULL, finished REAL,
+        reason TEXT, warnings INTEGER NOT NULL DEFAULT 0, result_dir TEXT NOT NULL,
+        PRIMARY KEY (job_id, destination));
+    CREATE INDEX deliveries_due ON deliveries(state, next_attempt);
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -110,6 +120,16 @@ def _number(ds: Dataset, keyword: str) -> int | None:
     return int(value)
 
 
+def _priority_text(ds: Dataset, tag: str) -> str:
+    """The stripped upper-case text of the priority element, "" when not configured or absent."""
+    if not tag:
+        return ""
+    key: str | int = int(tag, 16) if len(tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in tag) else tag
+    element = ds.get(key)
+    value = getattr(element, "value", element)
+    return "" if value is None else str(value).strip().upper()[:64]
+
+
 def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
     value = ds.get(keyword)
     if value is None or value == "":
@@ -136,12 +156,14 @@ class InstanceMeta:
     image_orientation: tuple[float, ...] | None = None
     images_in_acquisition: int | None = None
     number_of_frames: int | None = None
+    priority_value: str = ""
 
     @classmethod
-    def from_dataset(cls, ds: Dataset) -> "InstanceMeta":
+    def from_dataset(cls, ds: Dataset, priority_tag: str = "") -> "InstanceMeta":
         """Read the facts from a (header-only) dataset; a malformed number raises ValueError.
 
-        A missing UID reads as "" (the caller's UID check refuses it).
+        A missing UID reads as "" (the caller's UID check refuses it). ``priority_tag``
+        (a keyword or 8 hex digits) names the element whose text orders the queue.
         """
         try:
             position = _floats(ds, "ImagePositionPatient", 3)
@@ -158,6 +180,7 @@ class InstanceMeta:
                 image_orientation=_floats(ds, "ImageOrientationPatient", 6),
                 images_in_acquisition=_number(ds, "ImagesInAcquisition"),
                 number_of_frames=_number(ds, "NumberOfFrames"),
+                priority_value=_priority_text(ds, priority_tag),
             )
         except (TypeError, OverflowError) as exc:
             raise ValueError(f"a header value is malformed ({exc})") from exc
@@ -222,6 +245,25 @@ class JobRow:
 
 
 _JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """One job's results on their way to one destination."""
+
+    job_id: str
+    destination: str
+    state: str
+    attempts: int
+    next_attempt: float
+    created: float
+    finished: float | None
+    reason: str | None
+    warnings: int
+    result_dir: str
+
+
+_DELIVERY_COLUMNS = ", ".join(f.name for f in fields(DeliveryRow))
 
 
 def _key(prefix: str) -> str:
@@ -333,13 +375,15 @@ class Ledger:
         state = db.execute("SELECT state FROM series WHERE series_uid = ?", (meta.series_uid,)).fetchone()
         db.execute(
             "INSERT INTO series (series_uid, series_key, study_uid, modality, sop_class_uid, body_part,"
-            " series_description, calling_ae, first_received, last_received, expected_count, updates)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,1)"
+            " series_description, calling_ae, first_received, last_received, expected_count, updates, priority_value)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,1,?)"
             " ON CONFLICT(series_uid) DO UPDATE SET last_received = excluded.last_received, state = 'open',"
+            " priority_value = CASE WHEN excluded.priority_value != '' THEN excluded.priority_value"
+            " ELSE series.priority_value END,"
             " expected_count = COALESCE(excluded.expected_count, series.expected_count),"
             " updates = series.updates + 1",
             (meta.series_uid, _key("se"), meta.study_uid, meta.modality, meta.sop_class_uid, meta.body_part,
-             meta.series_description, calling_ae, now, now, meta.images_in_acquisition))
+             meta.series_description, calling_ae, now, now, meta.images_in_acquisition, meta.priority_value))
         return state is not None and state[0] == "complete"
 
     @staticmethod
@@ -410,6 +454,12 @@ class Ledger:
                           series_description=row["series_description"], calling_ae=row["calling_ae"],
                           instance_count=int(row["n"]), frame_count=int(row["f"]))
 
+    def series_priority_value(self, series_uid: str) -> str:
+        """The text of the configured priority element seen on the series ("" when none)."""
+        with self._lock:
+            row = self._db.execute("SELECT priority_value FROM series WHERE series_uid = ?", (series_uid,)).fetchone()
+        return "" if row is None else str(row[0])
+
     def study_key(self, study_uid: str) -> str:
         """The opaque key of a study (used in result paths and logs); KeyError if unknown."""
         with self._lock:
@@ -464,9 +514,13 @@ class Ledger:
             return self._job(self._db, job_id)
 
     def complete_job(self, job_id: str, attempt: int, result_dir: str, now: float,
-                     stages: Mapping[str, float] | None = None) -> bool:
+                     stages: Mapping[str, float] | None = None, deliveries: Sequence[str] = ()) -> bool:
         """Leased at ``attempt`` -> done, keeping the worker's stage durations (seconds) of that attempt;
-        False (and no change) for a stale attempt."""
+        False (and no change) for a stale attempt.
+
+        ``deliveries`` names the destinations the results go to: queued in the same
+        transaction, so a crash never leaves a done job whose delivery was forgotten.
+        """
         with self._tx() as db:
             done = db.execute("UPDATE jobs SET state = 'done', result_dir = ?, finished = ?, reason = NULL,"
                               " lease_expires = NULL WHERE job_id = ? AND state = 'leased' AND attempts = ?",
@@ -475,12 +529,16 @@ class Ledger:
                 db.execute("DELETE FROM job_stages WHERE job_id = ?", (job_id,))
                 db.executemany("INSERT INTO job_stages VALUES (?, ?, ?)",
                                [(job_id, str(stage), float(seconds)) for stage, seconds in (stages or {}).items()])
+                db.executemany("INSERT OR IGNORE INTO deliveries (job_id, destination, state, next_attempt, created,"
+                               " result_dir) VALUES (?, ?, 'pending', ?, ?, ?)",
+                               [(job_id, name, now, now, result_dir) for name in deliveries])
             return done
 
     def timelines(self, job_ids: Sequence[str] | None = None, limit: int = 10000) -> list[JobTimeline]:
         """The latency ledger of done jobs (newest first, at most ``limit``, or just ``job_ids``)."""
         query = ("SELECT j.job_id, j.model, s.first_received, s.last_received, s.completed_at, j.created,"
-                 " j.leased, j.finished FROM jobs j JOIN series s USING (series_uid) WHERE j.state = 'done'")
+                 " j.leased, j.finished, (SELECT MAX(d.finished) FROM deliveries d WHERE d.job_id = j.job_id"
+                 " AND d.state = 'sent') FROM jobs j JOIN series s USING (series_uid) WHERE j.state = 'done'")
         params: tuple = ()
         if job_ids is not None:
             query += f" AND j.job_id IN ({','.join('?' * len(job_ids))})"
@@ -493,7 +551,7 @@ class Ledger:
                     f"SELECT job_id, stage, seconds FROM job_stages WHERE job_id IN ({','.join('?' * len(rows))})",
                     tuple(row[0] for row in rows)).fetchall():
                 stages.setdefault(job_id, {})[stage] = seconds
-        return [JobTimeline(*row, worker_stages=stages.get(row[0], {})) for row in rows]
+        return [JobTimeline(*row[:8], worker_stages=stages.get(row[0], {}), delivered=row[8]) for row in rows]
 
     def study_bytes(self, study_uid: str) -> int:
         """Bytes of the instances stored for one study so far."""
@@ -501,6 +559,56 @@ class Ledger:
             row = self._db.execute("SELECT COALESCE(SUM(i.size), 0) FROM instances i JOIN series s USING (series_uid)"
                                    " WHERE s.study_uid = ?", (study_uid,)).fetchone()
         return int(row[0])
+
+    # -- deliveries ----------------------------------------------------------------------
+
+    def due_deliveries(self, now: float, limit: int = 32) -> list[DeliveryRow]:
+        """Pending deliveries whose next attempt is due, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending'"
+                                    " AND next_attempt <= ? ORDER BY next_attempt, created LIMIT ?",
+                                    (now, limit)).fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    def next_delivery_due(self) -> float | None:
+        """When the earliest pending delivery is due (epoch seconds), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt) FROM deliveries WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def record_delivery(self, job_id: str, destination: str, state: str, now: float, *, reason: str | None = None,
+                        warnings: int = 0, next_attempt: float | None = None) -> None:
+        """Record one attempt: ``sent`` or ``failed`` (final), or ``pending`` again at ``next_attempt``."""
+        if state not in DELIVERY_STATES:
+            raise ValueError(f"unknown delivery state {state!r}")
+        with self._tx() as db:
+            db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, reason = ?, warnings = ?,"
+                       " next_attempt = COALESCE(?, next_attempt), finished = ? WHERE job_id = ? AND destination = ?",
+                       (state, reason, warnings, next_attempt, None if state == "pending" else now, job_id,
+                        destination))
+
+    def deliveries(self, job_ids: Sequence[str] | None = None) -> list[DeliveryRow]:
+        """Deliveries of ``job_ids`` (every delivery when None), oldest first."""
+        where, params = "", ()
+        if job_ids is not None:
+            where, params = f" WHERE job_id IN ({','.join('?' * len(job_ids))})", tuple(job_ids)
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries{where} ORDER BY created, job_id,"
+                                    " destination", params).fetchall()
+        return [DeliveryRow(*row) for row in rows]
+
+    def delivery_counts(self) -> dict[str, int]:
+        """Deliveries per state (every state present, zero included)."""
+        with self._lock:
+            found = dict(self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+        return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}
+
+    def requeue_delivery(self, job_id: str, destination: str, now: float) -> bool:
+        """Send a failed delivery again from now, with fresh attempts."""
+        with self._tx() as db:
+            return db.execute("UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt = ?,"
+                              " finished = NULL WHERE job_id = ? AND destination = ? AND state = 'failed'",
+                              (now, job_id, destination)).rowcount == 1
 
     def received_totals(self) -> tuple[int, int]:
         """(instances, bytes) stored so far."""
@@ -591,7 +699,12 @@ class Ledger:
             studies = self._db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
             series = dict(self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall())
             instances = self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+            unrouted = self._db.execute("SELECT COUNT(*) FROM series s WHERE s.state = 'complete' AND NOT EXISTS"
+                                        " (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid)").fetchone()[0]
+        deliveries = self.delivery_counts()
         return {"studies": studies, "series open": series.get("open", 0),
-                "series complete": series.get("complete", 0), "instances": instances,
+                "series complete": series.get("complete", 0), "series unrouted": unrouted, "instances": instances,
                 "queue depth": jobs["queued"], "in flight": jobs["leased"], "done": jobs["done"],
-                "failed": jobs["failed"], "dead-lettered": jobs["dead"]}
+                "failed": jobs["failed"], "dead-lettered": jobs["dead"],
+                "deliveries pending": deliveries["pending"], "deliveries sent": deliveries["sent"],
+                "deliveries failed": deliveries["failed"]}

@@ -169,15 +169,18 @@ def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
     return int(tag) in _PIXEL_TAGS
 
 
-def parse_instance(raw: bytes, transfer_syntax: UID, inflated_cap: int) -> InstanceMeta:
-    """Check the received dataset is complete and read its header facts (pixel data is never read)."""
+def parse_instance(raw: bytes, transfer_syntax: UID, inflated_cap: int, priority_tag: str = "") -> InstanceMeta:
+    """Check the received dataset is complete and read its header facts (pixel data is never read).
+
+    ``priority_tag`` names the element whose text orders the queue (``routing.priority_tag``).
+    """
     body = inflate(raw, inflated_cap) if transfer_syntax.is_deflated else raw
     implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
     walker = _Walker(body, implicit, little)
     walker.elements(0, depth=0, in_item=False, implicit=implicit)
     try:
         header = read_dataset(io.BytesIO(body), implicit, little, stop_when=_stop_at_pixels)
-        meta = InstanceMeta.from_dataset(header)
+        meta = InstanceMeta.from_dataset(header, priority_tag)
     except ValueError as exc:
         raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND_HEADER, f"header cannot be read: {exc}") from exc
     except (EOFError, KeyError, struct.error, NotImplementedError) as exc:

@@ -1,5 +1,10 @@
 """The router: each model's selector decides which complete series it takes; one job each.
 
+Several models may take one series; a series no model takes stays stored and is
+reported (``series.unrouted`` in the log, ``unrouted`` in ``scanstream status``).
+Jobs get the series' priority (``routing.priority_tag`` / ``priority_values``),
+which orders the queue before age.
+
 Jobs are keyed by (series, revision, model, model version) in the ledger, so routing
 the same completion twice (a restart, a repeated call) creates nothing new.
 """
@@ -7,7 +12,7 @@ the same completion twice (a restart, a repeated call) creates nothing new.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 from engine.api import ModelRegistry
 from engine.logs import get_logger
@@ -20,11 +25,16 @@ class Router:
     """Creates jobs for a completed series revision and wakes the broker when it did."""
 
     def __init__(self, ledger: Ledger, models: ModelRegistry, on_jobs_queued: Callable[[], object], *,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, priority_values: Mapping[str, int] | None = None) -> None:
         self._ledger = ledger
         self._models = models
         self._on_jobs_queued = on_jobs_queued
         self._max_attempts = max_attempts
+        self._priority_values = dict(priority_values or {})
+
+    def priority(self, series_uid: str) -> int:
+        """The queue priority of a series: its priority element's text looked up in ``routing.priority_values``."""
+        return self._priority_values.get(self._ledger.series_priority_value(series_uid), 0)
 
     def route(self, series_uid: str, revision: int) -> list[str]:
         """Queue one job per model that takes the series; returns the ids of jobs created now."""
@@ -36,11 +46,13 @@ class Router:
                      instances=info.instance_count)
             return []
         now = time.time()
+        priority = self.priority(series_uid)
         created = [job for job in (
-            self._ledger.create_job(series_uid, revision, spec.name, spec.version, now, max_attempts=self._max_attempts)
+            self._ledger.create_job(series_uid, revision, spec.name, spec.version, now, priority=priority,
+                                    max_attempts=self._max_attempts)
             for spec in selected) if job is not None]
         if created:
-            log.info("jobs.queued", series_key=series_key, revision=revision, jobs=len(created),
+            log.info("jobs.queued", series_key=series_key, revision=revision, jobs=len(created), priority=priority,
                      models=",".join(spec.name for spec in selected))
             self._on_jobs_queued()
         return created

@@ -101,13 +101,14 @@ class ReceiverSCP:
                  allowed_calling_aets: Sequence[str] = (), max_instance_bytes: int = 2**31 - 1,
                  max_pdu: int = 4 * 1024 * 1024, acse_timeout: float = 30, dimse_timeout: float = 60,
                  network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first",
-                 min_free_bytes: int = 0, audit: AuditTrail | None = None, max_study_bytes: int = 0) -> None:
+                 min_free_bytes: int = 0, audit: AuditTrail | None = None, max_study_bytes: int = 0,
+                 priority_tag: str = "") -> None:
         self.ae_title = ae_title
         self.host = host
         self._port = port
         self._audit = audit
         self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes, audit,
-                                     max_study_bytes)
+                                     max_study_bytes, priority_tag)
         ae = AE(ae_title=ae_title)
         ae.maximum_associations = max_associations
         ae.maximum_pdu_size = max_pdu

@@ -1,0 +1,162 @@
+"""Configuration entries that come as lists or routing rules: ``[[destinations]]``, ``[[models]]``, ``[routing]``.
+
+Kept apart from :mod:`engine.config` (the component sections) because each entry
+is a small document of its own; errors name the entry by index and name
+(``models[1] ("ct-onnx").output``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ENTRY_NAME = r"^[a-z][a-z0-9_\-]{0,62}$"
+OUTPUT_FAMILIES = ("classification", "detection", "segmentation", "reconstruction")
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ae_title(value: str) -> str:
+    if not value.strip() or "\\" in value or not value.isprintable():
+        raise ValueError("an AE title is 1-16 printable characters without backslash")
+    return value
+
+
+class DestinationConfig(_Entry):
+    """A DICOM peer (a PACS) that receives every DICOM result of the models it lists, by C-STORE.
+
+    Sending retries with exponential backoff (``backoff_initial_s`` doubling up to
+    ``backoff_max_s``) on connection failures and 0xA7xx statuses, up to
+    ``max_attempts``; 0xA9xx, 0xCxxx, 0x0122 and other failures end the delivery as
+    failed with the reason; 0xB000/0xB006/0xB007 count as sent, with a warning.
+    """
+
+    name: str = Field(pattern=ENTRY_NAME)
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str = Field("SCANSTREAM", min_length=1, max_length=16)
+    models: list[str] = Field(default_factory=list, description="model names whose results go here; empty = all")
+    max_attempts: int = Field(8, ge=1)
+    backoff_initial_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="ACSE, DIMSE and network timeout of one attempt")
+
+    _check_ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+
+    def takes(self, model: str) -> bool:
+        """True when results of ``model`` go to this destination."""
+        return not self.models or model in self.models
+
+    def backoff_s(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt."""
+        return min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, attempts - 1))
+
+
+class RoutingConfig(_Entry):
+    """Queue order read from the data: the value of ``priority_tag`` looked up in ``priority_values``.
+
+    ``priority_tag`` is a DICOM keyword (``RequestedProcedurePriority``) or a tag as
+    8 hex digits (``00401003``); empty turns it off. Values are compared upper-case
+    and stripped; a series without the tag or with an unknown value gets 0. Higher
+    runs first; equal priorities run oldest first.
+    """
+
+    priority_tag: str = ""
+    priority_values: dict[str, int] = Field(default_factory=lambda: {"STAT": 100, "HIGH": 50, "MEDIUM": 10,
+                                                                     "ROUTINE": 0, "LOW": -10})
+
+    @field_validator("priority_tag")
+    @classmethod
+    def _known_tag(cls, value: str) -> str:
+        from pydicom.datadict import tag_for_keyword
+
+        if value and not re.fullmatch(r"[0-9A-Fa-f]{8}", value) and tag_for_keyword(value) is None:
+            raise ValueError("a DICOM keyword such as RequestedProcedurePriority, or a tag as 8 hex digits")
+        return value
+
+    @field_validator("priority_values")
+    @classmethod
+    def _upper_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        return {key.strip().upper(): int(level) for key, level in value.items()}
+
+
+class SelectorConfig(_Entry):
+    """Which series a config-only model takes; every given field must match (empty = any)."""
+
+    modality: list[str] = Field(default_factory=list)
+    body_part: list[str] = Field(default_factory=list)
+    sop_class_uid: list[str] = Field(default_factory=list)
+    series_description: str = Field("", description="a regular expression searched case-insensitively")
+    calling_ae: list[str] = Field(default_factory=list)
+    min_slices: int = Field(1, ge=1)
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class PreprocessingConfig(_Entry):
+    """How slices become network input: window, normalisation, size, neighbouring slices as channels."""
+
+    window: tuple[float, float] = (-1000.0, 400.0)
+    normalise: Literal["window", "zscore"] = Field("window", description="window: [low, high] -> [0, 1]; "
+                                                   "zscore: clip to the window, then (x - mean) / std")
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0)
+    size: tuple[int, int] = Field((256, 256), description="rows, columns the network sees")
+    context_slices: int = Field(0, ge=0, description="neighbours on each side as extra channels (2.5D)")
+
+    @model_validator(mode="after")
+    def _window_order(self) -> "PreprocessingConfig":
+        if not self.window[1] > self.window[0]:
+            raise ValueError("window must be [low, high] with high > low")
+        if min(self.size) < 1:
+            raise ValueError("size must be two positive integers [rows, columns]")
+        return self
+
+
+class ModelEntryConfig(_Entry):
+    """A model registered from configuration alone: a TorchScript (``.pt``/``.ts``) or ONNX (``.onnx``) file.
+
+    The network contract per ``output`` (N = slices, C = 2 * context_slices + 1, H, W = size):
+    input (N, C, H, W) float32; segmentation -> (N, 1, H, W) logits (sigmoid) or
+    (N, K + 1, H, W) (softmax, class 0 = background); classification -> (N, K) logits
+    (sigmoid; the study's probability is the maximum over slices); detection ->
+    (N, M, 6) rows of (x0, y0, x1, y1, score, class) in input pixels, score in [0, 1];
+    reconstruction -> (N, 1, H, W) in the normalised units of the input.
+    K = len(labels).
+    """
+
+    name: str = Field(pattern=ENTRY_NAME)
+    version: str = Field(min_length=1)
+    file: Path
+    output: Literal["classification", "detection", "segmentation", "reconstruction"]
+    labels: list[str] = Field(default_factory=lambda: ["finding"], min_length=1)
+    description: str = ""
+    threshold: float = Field(0.5, gt=0, lt=1)
+    max_batch: int = Field(16, ge=1)
+    selector: SelectorConfig = Field(default_factory=SelectorConfig)
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+
+    @field_validator("file")
+    @classmethod
+    def _model_file(cls, value: Path) -> Path:
+        if value.suffix.lower() not in (".onnx", ".pt", ".ts", ".pth"):
+            raise ValueError("a TorchScript (.pt, .ts, .pth) or ONNX (.onnx) file")
+        return value.expanduser()
+
+    @property
+    def is_onnx(self) -> bool:
+        """True for an ONNX file, False for TorchScript."""
+        return self.file.suffix.lower() == ".onnx"
