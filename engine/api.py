@@ -71,6 +71,16 @@ class Volume:
         """(slices, rows, columns)."""
         return tuple(int(n) for n in self.stored.shape)  # type: ignore[return-value]
 
+    def patient_coordinates(self, indices: np.ndarray) -> np.ndarray:
+        """Patient coordinates (x, y, z) mm of (slice, row, col) voxel indices, shape (K, 3) -> (K, 3)."""
+        row_dir = np.asarray(self.orientation[:3], dtype=float)
+        col_dir = np.asarray(self.orientation[3:6], dtype=float)
+        normal = np.cross(row_dir, col_dir)
+        slice_mm, row_mm, col_mm = self.spacing
+        indices = np.asarray(indices, dtype=float).reshape(-1, 3)
+        return (np.asarray(self.origin, dtype=float) + np.outer(indices[:, 2] * col_mm, row_dir)
+                + np.outer(indices[:, 1] * row_mm, col_dir) + np.outer(indices[:, 0] * slice_mm, normal))
+
     @property
     def voxel_volume_ml(self) -> float:
         """Volume of one voxel in millilitres (mm^3 / 1000)."""
@@ -181,13 +191,16 @@ class ModelSpec:
     between series (default: fixed at ``input_shape``); a varying axis must be a
     multiple of ``shape_multiple`` (a U-Net's pooling depth). A model without an
     ``input_shape`` runs on the torch backend only.
+
+    ``onnx_file`` names a ready ONNX graph instead of a torch network (config-only
+    models): it runs on ONNX Runtime or TensorRT, and ``load_network`` may be None.
     """
 
     name: str
     version: str
     description: str
     selector: Selector
-    load_network: Callable[[], Any]
+    load_network: Callable[[], Any] | None
     handler: ModelHandler
     outputs: tuple[str, ...] = OUTPUT_KINDS_BUILTIN
     max_batch: int = 16
@@ -195,6 +208,7 @@ class ModelSpec:
     min_input_shape: tuple[int, ...] = ()
     max_input_shape: tuple[int, ...] = ()
     shape_multiple: int = 1
+    onnx_file: str = ""
 
     def check(self) -> None:
         """Raise :class:`PluginError` naming the model when a field is unusable."""
@@ -205,8 +219,10 @@ class ModelSpec:
             raise PluginError(f"{where}: version must be a non-empty string")
         if not callable(self.selector):
             raise PluginError(f"{where}: selector must be callable (SeriesInfo) -> bool")
-        if not callable(self.load_network):
-            raise PluginError(f"{where}: load_network must be callable () -> torch.nn.Module")
+        if not callable(self.load_network) and not self.onnx_file:
+            raise PluginError(f"{where}: load_network must be callable () -> torch.nn.Module (or set onnx_file)")
+        if self.onnx_file and not self.input_shape:
+            raise PluginError(f"{where}: a model given as onnx_file needs input_shape")
         if not isinstance(self.handler, ModelHandler):
             raise PluginError(f"{where}: handler must define preprocess(volume) and postprocess(output, volume)")
         if not self.outputs:

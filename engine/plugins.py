@@ -20,6 +20,7 @@ from engine.logs import get_logger
 ENTRY_POINT_GROUP = "scanstream.plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "engine.outputs.builtin",
+    "engine.config_models",
     "plugins.nodule_seg",
 )
 

@@ -33,6 +33,17 @@ def network_fingerprint(network: torch.nn.Module, spec: ModelSpec) -> str:
     return digest.hexdigest()
 
 
+def file_fingerprint(path: Path, spec: ModelSpec) -> str:
+    """SHA-256 over the model's name, version, declared shapes and the bytes of its ONNX file."""
+    digest = hashlib.sha256()
+    digest.update(f"{spec.name}\0{spec.version}\0{spec.input_shape}\0{spec.min_input_shape}\0"
+                  f"{spec.max_input_shape}\0onnx-file\0".encode())
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_atomically(path: Path, produce: Callable[[Path], Any]) -> Path:
     """Call ``produce(temporary path)`` in ``path``'s folder, then rename the result onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +71,11 @@ class ModelArtifacts:
     def network(self) -> torch.nn.Module:
         """The plugin's network in eval mode, loaded on first use."""
         with self._lock:
+            if self.spec.onnx_file:
+                from engine.runtime.base import BackendUnavailable
+
+                raise BackendUnavailable(f"model {self.spec.name!r} is an ONNX file; torch cannot run it "
+                                         "(use onnxruntime or tensorrt)")
             if self._network is None:
                 network = self.spec.load_network()
                 if not isinstance(network, torch.nn.Module):
@@ -72,7 +88,10 @@ class ModelArtifacts:
         """The weights-and-shapes hash naming this model's cache folder."""
         with self._lock:
             if self._fingerprint is None:
-                self._fingerprint = network_fingerprint(self.network(), self.spec)
+                if self.spec.onnx_file:
+                    self._fingerprint = file_fingerprint(Path(self.spec.onnx_file), self.spec)
+                else:
+                    self._fingerprint = network_fingerprint(self.network(), self.spec)
             return self._fingerprint
 
     def folder(self) -> Path:
@@ -82,12 +101,22 @@ class ModelArtifacts:
         return path
 
     def onnx_path(self, precision: str = "fp32") -> Path:
-        """The ONNX export (``model.onnx``, or ``model-fp16.onnx`` all in fp16), made on first use."""
-        from engine.runtime.export import export_onnx
+        """The ONNX export (``model.onnx``, or ``model-fp16.onnx`` all in fp16), made on first use.
+
+        A model given as an ONNX file gets a copy with its input renamed for binding,
+        in the file's own precision whatever ``precision`` asks.
+        """
+        from engine.runtime.export import export_onnx, import_onnx_file
 
         dtypes = {"fp32": torch.float32, "fp16": torch.float16}
         if precision not in dtypes:
             raise ValueError(f"precision must be one of {sorted(dtypes)}, got {precision!r}")
+        if self.spec.onnx_file:
+            with self._lock:
+                path = self.folder() / "model.onnx"
+                if not path.exists():
+                    write_atomically(path, lambda target: import_onnx_file(Path(self.spec.onnx_file), target))
+                return path
         with self._lock:
             path = self.folder() / ("model.onnx" if precision == "fp32" else f"model-{precision}.onnx")
             if not path.exists():

@@ -88,3 +88,28 @@ def _forward_parameters(network: torch.nn.Module) -> list[str]:
     if not names:
         raise ExportError(f"{type(network).__name__}.forward takes no input")
     return names
+
+
+def import_onnx_file(source: Path, target: Path) -> None:
+    """Copy a ready ONNX model to ``target`` with its one input renamed to :data:`INPUT_NAME`.
+
+    Every backend binds the input by that name; a graph with several inputs is
+    refused. (Names used inside control-flow subgraphs are not rewritten.)
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(source))
+    except (OSError, DecodeError, ValueError) as error:
+        raise ExportError(f"{source} is not a readable ONNX model: {error}") from error
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if len(inputs) != 1:
+        raise ExportError(f"{source} has {len(inputs)} inputs; ScanStream feeds exactly one (N, C, H, W) tensor")
+    old = inputs[0].name
+    if old != INPUT_NAME:
+        inputs[0].name = INPUT_NAME
+        for node in model.graph.node:
+            node.input[:] = [INPUT_NAME if name == old else name for name in node.input]
+    onnx.save(model, str(target))

@@ -4,7 +4,8 @@ Rules, in order:
 
 1. ``worker.backend`` names one (``torch``, ``onnxruntime``, ``tensorrt``): that one,
    or start-up fails saying why it is unavailable.
-2. A model without ``input_shape`` cannot be exported: ``torch``.
+2. A model given as an ONNX file: ``tensorrt`` on a CUDA worker that has it, else
+   ``onnxruntime``. A model without ``input_shape`` cannot be exported: ``torch``.
 3. On a CUDA worker: ``tensorrt`` when TensorRT is importable, else ``torch`` on CUDA.
 4. On a CPU worker: ``torch`` and ``onnxruntime`` are both timed on the model's
    example input and the faster one wins. The measurement is kept in the model's
@@ -140,6 +141,10 @@ def choose_backend(artifacts: ModelArtifacts, requested: str = "auto", device: s
             raise ValueError(f"worker.backend: expected auto or one of {', '.join(BACKEND_NAMES)}, got {requested!r}")
         return BackendChoice(requested, "cuda" if requested == "tensorrt" else device,
                              "named by worker.backend in the configuration")
+    if artifacts.spec.onnx_file:
+        if device.startswith("cuda") and tensorrt_importable():
+            return BackendChoice("tensorrt", device, "an ONNX file on a CUDA worker with TensorRT installed")
+        return BackendChoice("onnxruntime", device, "an ONNX file: ONNX Runtime runs it")
     if not artifacts.spec.input_shape:
         return BackendChoice("torch", device, "the model declares no input_shape, so it has no ONNX export")
     if device.startswith("cuda"):
