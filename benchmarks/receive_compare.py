@@ -14,7 +14,6 @@ and ScanStream's ratio to each. The issue's goal: >= 1.5x DCMTK.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
@@ -29,6 +28,7 @@ from pathlib import Path
 
 from benchmarks.common import parser, print_table, write_result
 from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.peers import OrthancPeer
 from engine.ports import free_port
 from engine.testing import write_config
 
@@ -96,28 +96,8 @@ def storescp(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 
 @contextmanager
 def orthanc(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
-    port, http = free_port(), free_port()
-    config = folder / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "bench", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
-        "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True, "Plugins": [], "StableAge": 3600,
-    }))
-    process = subprocess.Popen([shutil.which("Orthanc") or "Orthanc", str(config)], env=NODELAY,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stored() -> int:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/statistics", timeout=10) as response:
-            return int(json.loads(response.read())["CountInstances"])
-
-    try:
-        wait_echo(port, "ORTHANC", process)
-        yield port, "ORTHANC", stored
-    finally:
-        stop(process)
+    with OrthancPeer(folder) as peer:
+        yield peer.dicom_port, peer.ae_title, peer.instance_count
 
 
 def send_seconds(files: list[Path], port: int, aet: str) -> float:

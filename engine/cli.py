@@ -210,18 +210,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         counts = ledger.status_counts()
         failed = [job for job in ledger.list_jobs() if job.state in ("failed", "dead")]
+        undelivered = [row for row in ledger.deliveries() if row.state == "failed"]
         latency = percentiles(ledger.timelines())
     finally:
         ledger.close()
     if args.json:
         print(json.dumps({"counts": counts, "failed": [
             {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed],
+            "failed_deliveries": [{"job": d.job_id, "destination": d.destination, "attempts": d.attempts,
+                                   "reason": d.reason} for d in undelivered],
             "latency_s": latency}, indent=2))
         return 0
     for key, value in counts.items():
         print(f"{key:>22}: {value}")
     for job in failed:
         print(f"  {job.state}: job {job.job_id} model {job.model}: {job.reason}")
+    for row in undelivered:
+        print(f"  delivery failed: job {row.job_id} to {row.destination} after {row.attempts} attempt(s): {row.reason}")
     if latency:
         print("latency of done jobs (seconds):")
         print(f"{'stage':>14} {'count':>6} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
@@ -232,7 +237,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:
-    """Queue failed or dead-lettered jobs again (a running receiver picks them up within a heartbeat)."""
+    """Queue failed or dead-lettered jobs again, or a done job's failed deliveries (picked up within seconds)."""
     import time
 
     from engine.receiver.ledger import Ledger
@@ -242,13 +247,22 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         print(f"no ledger at {config.storage.ledger_path}", file=sys.stderr)
         return 1
     ledger = Ledger(config.storage.ledger_path)
+    missing, jobs, deliveries = [], 0, 0
     try:
-        missing = [job for job in args.jobs if not ledger.requeue(job, time.time())]
+        for job in args.jobs:
+            if ledger.requeue(job, time.time()):
+                jobs += 1
+                continue
+            failed = [row for row in ledger.deliveries([job]) if row.state == "failed"]
+            deliveries += sum(ledger.requeue_delivery(job, row.destination, time.time()) for row in failed)
+            if not failed:
+                missing.append(job)
     finally:
         ledger.close()
     for job in missing:
-        print(f"job {job} is not failed or dead-lettered (or does not exist)", file=sys.stderr)
-    print(f"requeued {len(args.jobs) - len(missing)} job(s)")
+        print(f"job {job} is not failed or dead-lettered and has no failed delivery (or does not exist)",
+              file=sys.stderr)
+    print(f"requeued {jobs} job(s) and {deliveries} failed deliver{'y' if deliveries == 1 else 'ies'}")
     return 0 if not missing else 1
 
 

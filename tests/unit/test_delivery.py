@@ -8,6 +8,7 @@ waits cost nothing.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,9 +77,8 @@ def done_job(tmp_path: Path) -> tuple[Ledger, str, Path, list[Path]]:
 
 
 def _service(ledger: Ledger, port: int, clock: Clock, **overrides) -> tuple[DeliveryService, DestinationConfig]:
-    destination = DestinationConfig(name="pacs", ae_title="PACS", host="127.0.0.1", port=port,
-                                    max_attempts=3, backoff_initial_s=5.0, backoff_max_s=60.0, timeout_s=5.0,
-                                    **overrides)
+    settings = {"max_attempts": 3, "backoff_initial_s": 5.0, "backoff_max_s": 60.0, "timeout_s": 5.0, **overrides}
+    destination = DestinationConfig(name="pacs", ae_title="PACS", host="127.0.0.1", port=port, **settings)
     return DeliveryService(ledger, [destination], clock=clock), destination
 
 
@@ -211,3 +211,22 @@ def test_destination_config_names_bad_keys() -> None:
     with pytest.raises(ConfigError, match="names must be unique"):
         load_config(environ={"SCANSTREAM_DESTINATIONS": '[{"name": "p", "ae_title": "A", "host": "h", "port": 1},'
                                                          ' {"name": "p", "ae_title": "B", "host": "h", "port": 2}]'})
+
+
+def test_requeue_sends_a_failed_delivery_again(done_job, capsys: pytest.CaptureFixture) -> None:
+    from engine.cli import main
+
+    ledger, job_id, results, files = done_job
+    clock = Clock()
+    service, _ = _service(ledger, free_port(), clock, max_attempts=1)
+    _complete(ledger, job_id, results, service)
+    service.deliver_due()
+    assert ledger.deliveries()[0].state == "failed"
+    data_dir = Path(ledger.path).parent
+    assert main(["requeue", job_id, "--data-dir", str(data_dir)]) == 0
+    assert "requeued 0 job(s) and 1 failed delivery" in capsys.readouterr().out
+    clock.now = time.time() + 1.0  # the requeue used the real clock; the service's clock must be past it
+    with ScriptedPacs(service._destinations["pacs"].port) as pacs:
+        assert service.deliver_due() == 1
+    (row,) = ledger.deliveries()
+    assert (row.state, row.attempts) == ("sent", 1) and len(pacs.received) == len(files)

@@ -1,0 +1,86 @@
+"""A real Orthanc as modality and PACS: it pushes a study to ScanStream, ScanStream sends the results back.
+
+Checks that every DICOM result arrived in Orthanc, in the source study, that the
+results reference the source series, and that processing the same study again
+(a fresh engine: new jobs, same derived UIDs) adds nothing to the PACS.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from engine.peers import OrthancPeer, orthanc_available
+from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.ports import free_port
+from engine.testing import EngineProcess
+
+pytestmark = pytest.mark.skipif(not orthanc_available(),
+                                reason="Orthanc is not installed; `make test` installs it (apt-get install orthanc)")
+
+
+def _engine(data_dir: Path, port: int, pacs: OrthancPeer) -> EngineProcess:
+    destinations = [{"name": "orthanc", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port,
+                     "backoff_initial_s": 0.5, "max_attempts": 5}]
+    engine = EngineProcess(data_dir, workers=1, env={"SCANSTREAM_DESTINATIONS": json.dumps(destinations)})
+    engine.port = port  # Orthanc's modality entry points here, so both engines use the same port
+    return engine
+
+
+def _wait_delivered(engine: EngineProcess, job_ids: list[str], timeout: float = 120.0) -> list:
+    deadline = time.monotonic() + timeout
+    ledger = engine.ledger()
+    try:
+        while time.monotonic() < deadline:
+            rows = ledger.deliveries(job_ids)
+            if rows and all(row.state != "pending" for row in rows):
+                return rows
+            time.sleep(0.2)
+    finally:
+        ledger.close()
+    raise AssertionError(f"deliveries still pending after {timeout} s:\n{engine.log_tail()}")
+
+
+def _run_once(data_dir: Path, port: int, pacs: OrthancPeer, study_uid: str) -> tuple[list, set[str]]:
+    """Push the study from Orthanc to a fresh engine; wait for jobs and deliveries; returns them and result UIDs."""
+    with _engine(data_dir, port, pacs) as engine:
+        pacs.push_study("scanstream", study_uid)
+        jobs = engine.wait_for_jobs(study_uid, 1)
+        assert all(job.state == "done" for job in jobs), [(j.model, j.reason) for j in jobs]
+        deliveries = _wait_delivered(engine, [job.job_id for job in jobs])
+        assert all(row.state == "sent" for row in deliveries), [(d.destination, d.reason) for d in deliveries]
+        result_uids = {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+                       for job in jobs for path in Path(job.result_dir).glob("*.dcm")}
+    return jobs, result_uids
+
+
+def test_orthanc_pushes_a_study_and_receives_the_results(tmp_path: Path) -> None:
+    phantom = generate_ct_phantom(7003, nodules=2, slices=24)
+    files = write_ct_series(phantom, tmp_path / "study")
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_uid, series_uid = str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
+    port = free_port()
+    with OrthancPeer(tmp_path / "orthanc", modalities={"scanstream": ("SCANSTREAM", "127.0.0.1", port)}) as pacs:
+        pacs.upload(files)
+        assert pacs.instance_count() == len(files)
+
+        jobs, result_uids = _run_once(tmp_path / "first", port, pacs, study_uid)
+        assert result_uids, "the models produced no DICOM results"
+        held = pacs.study_instances(study_uid)
+        by_uid = {item["SOPInstanceUID"]: item for item in held}
+        assert result_uids <= set(by_uid), "a result did not reach Orthanc (or not in the source study)"
+        assert pacs.instance_count() == len(files) + len(result_uids)
+        seg_uids = [uid for uid in result_uids if by_uid[uid]["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.66.4"]
+        assert seg_uids, "no SEG among the results"
+        seg = pacs.get(f"/instances/{by_uid[seg_uids[0]]['id']}/simplified-tags")
+        referenced = {item["SeriesInstanceUID"] for item in seg["ReferencedSeriesSequence"]}
+        assert referenced == {series_uid}
+
+        second_jobs, second_uids = _run_once(tmp_path / "second", port, pacs, study_uid)
+        assert {job.job_id for job in second_jobs}.isdisjoint(job.job_id for job in jobs)
+        assert second_uids == result_uids, "a re-run derived different result UIDs"
+        assert pacs.instance_count() == len(files) + len(result_uids), "a re-run added duplicates to the PACS"
