@@ -61,3 +61,36 @@ def test_series_no_model_takes_is_kept_and_logged(ledger: Ledger, caplog: pytest
     assert [r.getMessage() for r in caplog.records] == ["series.unrouted"]
     assert "1.2.4" not in str(caplog.records[0].__dict__.get("fields"))  # opaque key, not the UID
     assert wakeups == [] and ledger.series("1.2.4") is not None and ledger.list_jobs() == []
+
+
+def test_priority_from_the_data_orders_the_queue(tmp_path: Path) -> None:
+    from pydicom.dataset import Dataset
+
+    ledger = Ledger(tmp_path / "p.sqlite")
+    for index, value in enumerate(("ROUTINE", " stat ", None, "WHENEVER")):
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2", f"1.2.{index}"
+        ds.SOPInstanceUID, ds.SOPClassUID, ds.Modality = f"1.2.{index}.1", "1.2.840.10008.5.1.4.1.1.2", "CT"
+        if value is not None:
+            ds.RequestedProcedurePriority = value
+        meta = InstanceMeta.from_dataset(ds, priority_tag="00401003")
+        ledger.add_instance(meta, SpoolEntry(f"n{index}", 1, str(index)), "CT1", 1.0 + index)
+        ledger.complete_series(f"1.2.{index}", "test", 10.0)
+    router = Router(ledger, registry(), lambda: None, priority_values={"STAT": 100, "ROUTINE": 0})
+    assert [router.priority(f"1.2.{i}") for i in range(4)] == [0, 100, 0, 0]
+    for index in range(4):
+        router.route(f"1.2.{index}", 1)
+    first = ledger.claim_job("w", 20.0)
+    assert first.series_uid == "1.2.1" and first.priority == 100
+    assert ledger.claim_job("w", 20.0).series_uid == "1.2.1"  # its second model, then the oldest others
+    assert ledger.claim_job("w", 20.0).series_uid == "1.2.0"
+
+
+def test_priority_tag_config_is_checked() -> None:
+    from engine.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="routing.priority_tag"):
+        load_config(environ={"SCANSTREAM_ROUTING__PRIORITY_TAG": "NotAKeyword"})
+    config = load_config(environ={"SCANSTREAM_ROUTING__PRIORITY_TAG": "RequestedProcedurePriority",
+                                  "SCANSTREAM_ROUTING__PRIORITY_VALUES": '{"urgent": 7}'})
+    assert config.routing.priority_values == {"URGENT": 7}
