@@ -169,7 +169,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         studies=args.studies, duration_s=args.duration, mode="open" if args.rate else "closed",
         concurrency=args.concurrency, rate_per_s=args.rate, folder=args.folder, slices=args.slices, size=args.size,
         seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers, sender=args.sender,
-        host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url)
+        host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url, pacs=args.pacs or "",
+        destination=args.destination or "")
+    if (settings.pacs or settings.destination) and not settings.start:
+        print("scanstream bench: --pacs/--destination configure the engine started here; a running engine "
+              "(--host) uses its own [[destinations]]", file=sys.stderr)
+        return 2
     logging.getLogger("engine.sender").setLevel(logging.WARNING)  # one line per association would bury the bar
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]bench[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -181,7 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     Console().print(terminal_table(result))
     summary = result["summary"]
     print(f"report: {args.out / 'report.md'} ({len(paths)} files)")
-    bad = summary["split_series"] + summary["lost_series"] + summary["send_errors"]
+    bad = summary["split_series"] + summary["lost_series"] + summary["send_errors"] + summary["failed_deliveries"]
     return 1 if bad else 0
 
 
@@ -324,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--port", type=int, default=11112)
     bench.add_argument("--aet", default="SCANSTREAM")
     bench.add_argument("--http-url", default="http://127.0.0.1:8080", help="the running engine's HTTP port")
+    bench.add_argument("--pacs", choices=["orthanc"], help="start a real Orthanc as the destination of the engine "
+                       "started here, and measure to its acknowledgement (sent_to_destination)")
+    bench.add_argument("--destination", help="AE@host:port of a running PACS the engine started here sends to")
     bench.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder")
     keys = add("keys", cmd_keys, "create a CurveZMQ key pair (NAME.key, NAME.key_secret) for the broker or a worker")
     keys.add_argument("name", help="e.g. broker, or the worker's host name")

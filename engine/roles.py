@@ -105,8 +105,9 @@ class ReceiverRole:
     def study_report(self, study_uid: str) -> dict[str, Any] | None:
         """A study's series and jobs with their stage timings (``GET /api/studies/<uid>``); None if unknown.
 
-        ``final`` is true once every series is complete and every job is done,
-        failed or dead-lettered: nothing more will happen without new instances.
+        ``final`` is true once every series is complete, every job is done,
+        failed or dead-lettered and every delivery sent or failed: nothing more
+        will happen without new instances.
         """
         if not is_safe_uid(study_uid):
             return None
@@ -132,7 +133,8 @@ class ReceiverRole:
                       "stages_s": timelines[j.job_id].stage_seconds() if j.job_id in timelines else {},
                       "deliveries": deliveries.get(j.job_id, [])}
                      for j in jobs],
-            "final": all(s.state == "complete" for s in series) and all(j.state in FINAL_JOB_STATES for j in jobs),
+            "final": all(s.state == "complete" for s in series) and all(j.state in FINAL_JOB_STATES for j in jobs)
+            and all(d["state"] != "pending" for rows in deliveries.values() for d in rows),
         }
 
     def _job_counts(self) -> dict[str, int]:

@@ -12,7 +12,8 @@ absent) is counted; both must be 0.
 Times: ``first_sent``/``last_sent`` on this host's clock (before the association,
 after the last C-STORE response); ``result_written`` is the engine's ledger time
 of the last job of the study, so ``sent_to_result`` assumes the two clocks agree
-(same host, or NTP).
+(same host, or NTP); with destinations, ``result_delivered`` is when the last
+destination acknowledged the study's last result (``sent_to_destination``).
 """
 
 from __future__ import annotations
@@ -62,14 +63,17 @@ class StudyOutcome:
     send_error: str | None = None
     report: dict[str, Any] | None = None
     result_written: float | None = None
+    result_delivered: float | None = None
     split_series: int = 0
     lost_series: int = 0
     failed_jobs: int = 0
+    failed_deliveries: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         jobs = (self.report or {}).get("jobs", [])
         return {"study_uid": self.study.study_uid, "first_sent": self.first_sent, "last_sent": self.last_sent,
-                "result_written": self.result_written, "instances": self.study.instances,
+                "result_written": self.result_written, "result_delivered": self.result_delivered,
+                "failed_deliveries": self.failed_deliveries, "instances": self.study.instances,
                 "bytes": self.study.nbytes, "send_error": self.send_error, "split_series": self.split_series,
                 "lost_series": self.lost_series, "failed_jobs": self.failed_jobs,
                 "jobs": [{"model": j["model"], "state": j["state"], "finished": j.get("finished"),
@@ -102,6 +106,10 @@ def check(outcome: StudyOutcome) -> None:
     outcome.failed_jobs = sum(1 for j in jobs if j["state"] != "done")
     finished = [j["finished"] for j in jobs if j.get("finished")]
     outcome.result_written = max(finished) if finished else None
+    deliveries = [d for j in jobs for d in j.get("deliveries", [])]
+    outcome.failed_deliveries = sum(1 for d in deliveries if d["state"] != "sent")
+    delivered = [d["finished"] for d in deliveries if d["state"] == "sent" and d.get("finished")]
+    outcome.result_delivered = max(delivered) if delivered and not outcome.failed_deliveries else None
 
 
 def wait_final(target: Target, outcome: StudyOutcome, deadline: float) -> None:

@@ -20,14 +20,15 @@ import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 STAGE_ORDER = ("receive", "assemble", "queue", "decode", "preprocess", "infer", "postprocess", "outputs",
-               "transfer", "end_to_end", "sent_to_result")
+               "transfer", "end_to_end", "sent_to_result", "deliver", "end_to_end_delivered", "sent_to_destination")
 # The stages that follow each other from the last instance received to the result filed (stacked in the breakdown).
 PIPELINE = ("assemble", "queue", "decode", "preprocess", "infer", "postprocess", "outputs", "transfer")
 DPI = 120
 # Same colour for a stage in every plot; the three totals are drawn dark and dashed so they stand out.
 STAGE_COLOURS = {stage: plt.get_cmap("tab10")(i) for i, stage in enumerate(PIPELINE)}
-STAGE_COLOURS.update({"receive": "0.55", "end_to_end": "black", "sent_to_result": "darkred"})
-TOTALS = ("receive", "end_to_end", "sent_to_result")
+STAGE_COLOURS.update({"receive": "0.55", "end_to_end": "black", "sent_to_result": "darkred", "deliver": "teal",
+                      "end_to_end_delivered": "0.3", "sent_to_destination": "purple"})
+TOTALS = ("receive", "end_to_end", "sent_to_result", "end_to_end_delivered", "sent_to_destination")
 BIN_WIDTHS_S = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 FLOOR_S = 1e-4  # zero durations (the engine clamps at 0) are drawn here on the log axis
 
@@ -70,7 +71,8 @@ def latency_summary(values: dict[str, list[float]]) -> dict[str, dict[str, float
 
 
 def stage_values(result: dict[str, Any]) -> dict[str, list[float]]:
-    """Every done job's stage seconds, plus ``sent_to_result`` per study (last instance sent to result written).
+    """Every done job's stage seconds, plus per study ``sent_to_result`` (last instance sent to result written)
+    and, with destinations, ``sent_to_destination`` (to the last destination's acknowledgement).
 
     Jobs that did not finish (failed, still running) are left out: their stages
     stop part way and would drag the percentiles down. Non-numeric values are skipped.
@@ -86,6 +88,9 @@ def stage_values(result: dict[str, Any]) -> dict[str, list[float]]:
         written, last_sent = _number(study.get("result_written")), _number(study.get("last_sent"))
         if written is not None and last_sent:
             values.setdefault("sent_to_result", []).append(max(0.0, written - last_sent))
+        delivered = _number(study.get("result_delivered"))
+        if delivered is not None and last_sent:
+            values.setdefault("sent_to_destination", []).append(max(0.0, delivered - last_sent))
     return values
 
 
@@ -295,6 +300,8 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"| {summary['instances_per_s']:.1f} | {summary['mb_per_s']:.2f} | {_bold_if(split)} "
         f"| {_bold_if(lost)} | {_bold_if(failed)} | {_bold_if(send_errors)} |", "",
     ]
+    if summary.get("failed_deliveries"):
+        lines += [f"**Warning: {summary['failed_deliveries']} result deliveries to a destination failed.**", ""]
     if split + lost:
         lines += [f"**Warning: {split + lost} series were split or lost ({split} split, {lost} lost); "
                   "they must be 0.**", ""]
@@ -338,7 +345,10 @@ def terminal_table(result: dict[str, Any]) -> Table:
     table = Table(title=f"scanstream bench: {summary['studies_completed']}/{summary['studies_sent']} studies, "
                         f"{summary['studies_per_s']:.3f} studies/s, {summary['instances_per_s']:.1f} instances/s, "
                         f"{summary['mb_per_s']:.2f} MB/s, {count('split', 'split_series')}, "
-                        f"{count('lost', 'lost_series')}, {count('failed jobs', 'failed_jobs')}")
+                        f"{count('lost', 'lost_series')}, {count('failed jobs', 'failed_jobs')}"
+                        + (f", {count('failed deliveries', 'failed_deliveries')}"
+                           if "sent_to_destination" in (result.get("latency_s") or {})
+                           or summary.get("failed_deliveries") else ""))
     for column in ("stage", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     latency = result.get("latency_s") or {}

@@ -7,6 +7,7 @@ The result dict is what :mod:`engine.bench.report` turns into ``result.json``,
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 import urllib.request
@@ -46,6 +47,26 @@ class BenchSettings:
     aet: str = "SCANSTREAM"
     http_url: str = "http://127.0.0.1:8080"
     work_dir: Path | None = None
+    pacs: str = ""  # "orthanc": start a real Orthanc as the destination of the engine started here
+    destination: str = ""  # AE@host:port: a running PACS the engine started here sends results to
+
+
+def destination_entries(settings: BenchSettings, work_dir: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
+    """The ``[[destinations]]`` of the engine started here: a fresh Orthanc, a given peer, or none."""
+    if settings.pacs == "orthanc":
+        from engine.peers import OrthancPeer
+
+        pacs = stack.enter_context(OrthancPeer(work_dir / "orthanc"))
+        return [{"name": "orthanc", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}]
+    if settings.pacs:
+        raise ValueError(f"--pacs: only 'orthanc' can be started here, got {settings.pacs!r}")
+    if settings.destination:
+        ae_title, _, address = settings.destination.partition("@")
+        host, _, port = address.rpartition(":")
+        if not ae_title or not host or not port.isdigit():
+            raise ValueError(f"--destination: expected AE@host:port, got {settings.destination!r}")
+        return [{"name": "pacs", "ae_title": ae_title, "host": host, "port": int(port)}]
+    return []
 
 
 @contextlib.contextmanager
@@ -57,13 +78,18 @@ def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Tar
         return
     from engine.testing import EngineProcess
 
-    engine = EngineProcess(work_dir / "engine", workers=settings.workers, idle_timeout_s=30.0,
-                           model_cache=WorkerConfig().model_cache_path(),
-                           extra={"worker": {"torch_threads": settings.torch_threads}})
-    with engine:
+    with contextlib.ExitStack() as stack:
+        destinations = destination_entries(settings, work_dir, stack)
+        engine = EngineProcess(work_dir / "engine", workers=settings.workers, idle_timeout_s=30.0,
+                               model_cache=WorkerConfig().model_cache_path(),
+                               extra={"worker": {"torch_threads": settings.torch_threads}},
+                               env={"SCANSTREAM_DESTINATIONS": json.dumps(destinations)} if destinations else {})
+        stack.enter_context(engine)
+        sends = f", results sent to {destinations[0]['ae_title']}@{destinations[0]['host']}:" \
+                f"{destinations[0]['port']}" if destinations else ""
         yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}",
                      sender=settings.sender), \
-            f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}"
+            f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}{sends}"
 
 
 def workers_connected(target: Target) -> int:
@@ -102,7 +128,7 @@ def summarise(outcomes: list[StudyOutcome]) -> dict[str, Any]:
     sent = [o for o in outcomes if o.sent_ok]
     completed = [o for o in sent if o.report is not None and o.report.get("final")]
     start = min((o.first_sent for o in outcomes), default=0.0)
-    ends = [o.result_written or o.last_sent for o in outcomes]
+    ends = [o.result_delivered or o.result_written or o.last_sent for o in outcomes]
     wall = max(max(ends, default=start) - start, 1e-9)
     instances = sum(o.study.instances for o in sent)
     nbytes = sum(o.study.nbytes for o in sent)
@@ -110,7 +136,8 @@ def summarise(outcomes: list[StudyOutcome]) -> dict[str, Any]:
             "instances": instances, "bytes": nbytes, "wall_s": wall, "studies_per_s": len(completed) / wall,
             "instances_per_s": instances / wall, "mb_per_s": nbytes / 1e6 / wall,
             "split_series": sum(o.split_series for o in outcomes), "lost_series": sum(o.lost_series for o in outcomes),
-            "failed_jobs": sum(o.failed_jobs for o in outcomes)}
+            "failed_jobs": sum(o.failed_jobs for o in outcomes),
+            "failed_deliveries": sum(o.failed_deliveries for o in outcomes)}
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[], None] | None = None,

@@ -48,3 +48,21 @@ def test_dcmtk_storescu_as_the_modality(tmp_path: Path, require_storescu: str) -
     result = json.loads((tmp_path / "report" / "result.json").read_text())
     assert result["config"]["sender"] == "storescu"
     assert (result["summary"]["studies_completed"], result["summary"]["lost_series"]) == (2, 0)
+
+
+def test_results_to_a_real_orthanc_are_measured_to_its_acknowledgement(tmp_path: Path) -> None:
+    import pytest
+
+    from engine.peers import orthanc_available
+
+    if not orthanc_available():
+        pytest.skip("Orthanc is not installed; `make test` installs it (apt-get install orthanc)")
+    out = tmp_path / "report"
+    done = bench("--studies", "2", "--pacs", "orthanc", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["summary"]["failed_deliveries"] == 0 and "results sent to ORTHANC@" in result["config"]["engine"]
+    latency = result["latency_s"]
+    assert latency["sent_to_destination"]["count"] == 2 and latency["deliver"]["count"] >= 2
+    assert latency["sent_to_destination"]["p50"] >= latency["sent_to_result"]["p50"]
+    assert "sent_to_destination" in (out / "report.md").read_text()
