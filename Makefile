@@ -26,6 +26,9 @@ system-deps:
 	@command -v storescu >/dev/null 2>&1 || { \
 	  echo "installing DCMTK (storescu) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk; }
+	@command -v openssl >/dev/null 2>&1 || { \
+	  echo "installing openssl (test certificates for DICOM TLS) from the system packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq openssl; }
 	@command -v Orthanc >/dev/null 2>&1 || { \
 	  echo "installing Orthanc (the PACS and modality of the integration tests) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc; }

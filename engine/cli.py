@@ -15,6 +15,7 @@ from engine.api import PluginError
 from engine.broker.security import CurveError, create_keys
 from engine.config import ConfigError, EngineConfig, load_config
 from engine.logs import configure_logging, get_logger
+from engine.tls import TlsError
 
 log = get_logger("engine.cli")
 
@@ -356,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.logging.level)
     try:
         return int(args.func(args))
-    except (ConfigError, PluginError, CurveError) as exc:
+    except (ConfigError, PluginError, CurveError, TlsError) as exc:
         print(f"scanstream: {exc}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import re
 import tomllib
 from pathlib import Path
@@ -51,6 +52,32 @@ class ReceiverConfig(_Section):
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(60.0, gt=0)
     duplicate_policy: Literal["keep_first", "replace"] = "keep_first"
+    tls_enabled: bool = Field(False, description="also listen for DICOM TLS on tls_port")
+    tls_port: int = Field(2762, ge=0, le=65535)
+    tls_certificate: str = Field("", description="PEM certificate (chain) of the SCP")
+    tls_private_key: str = Field("", description="PEM private key of tls_certificate")
+    tls_ca_certificates: str = Field("", description="PEM CA bundle that client certificates must chain to")
+    tls_require_client_certificate: bool = False
+    plain_enabled: bool = Field(True, description="listen without TLS on port; false = TLS only")
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> "ReceiverConfig":
+        if self.tls_enabled and not (self.tls_certificate and self.tls_private_key):
+            raise ValueError("receiver.tls_enabled needs receiver.tls_certificate and receiver.tls_private_key")
+        if self.tls_require_client_certificate and not self.tls_ca_certificates:
+            raise ValueError("receiver.tls_require_client_certificate needs receiver.tls_ca_certificates")
+        if not self.plain_enabled and not self.tls_enabled:
+            raise ValueError("receiver.plain_enabled = false needs receiver.tls_enabled = true (else nothing listens)")
+        return self
+
+    def tls_context(self) -> "ssl.SSLContext | None":
+        """The SCP's TLS context, or None without TLS (raises TlsError naming a bad file)."""
+        if not self.tls_enabled:
+            return None
+        from engine.tls import server_context
+
+        return server_context(self.tls_certificate, self.tls_private_key, self.tls_ca_certificates,
+                              self.tls_require_client_certificate)
 
     @field_validator("ae_title")
     @classmethod

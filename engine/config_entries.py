@@ -8,6 +8,7 @@ is a small document of its own; errors name the entry by index and name
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +47,21 @@ class DestinationConfig(_Entry):
     backoff_initial_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     timeout_s: float = Field(30.0, gt=0, description="ACSE, DIMSE and network timeout of one attempt")
+    tls: bool = Field(False, description="DICOM TLS to this destination")
+    tls_ca_certificates: str = Field("", description="PEM CA bundle the PACS certificate must chain to; "
+                                                     "empty = the system CAs")
+    tls_certificate: str = Field("", description="PEM client certificate, when the PACS requires one")
+    tls_private_key: str = ""
+    tls_check_hostname: bool = True
+
+    def tls_context(self) -> "ssl.SSLContext | None":
+        """The client TLS context for this destination, or None without TLS."""
+        if not self.tls:
+            return None
+        from engine.tls import client_context
+
+        return client_context(self.tls_ca_certificates, self.tls_certificate, self.tls_private_key,
+                              self.tls_check_hostname, prefix=f"destinations.{self.name}.")
 
     _check_ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: _ae_title(v)))
 

@@ -74,6 +74,7 @@ class DeliveryService:
                  on_sent: Callable[[str], object] | None = None, clock: Callable[[], float] = time.time) -> None:
         self._ledger = ledger
         self._destinations = {destination.name: destination for destination in destinations}
+        self._tls = {destination.name: destination.tls_context() for destination in destinations}
         self._on_sent = on_sent
         self._clock = clock
         self._wake = threading.Event()
@@ -145,7 +146,8 @@ class DeliveryService:
             return AttemptOutcome("failed", f"{len(unreadable)} result file(s) are not readable DICOM")
         try:
             statuses = store_files(entries, destination.host, destination.port, destination.ae_title,
-                                   destination.calling_ae_title, timeout_s=destination.timeout_s)
+                                   destination.calling_ae_title, timeout_s=destination.timeout_s,
+                                   tls=self._tls[destination.name])
         except SendError as exc:
             return AttemptOutcome("retry", str(exc))
         except OSError as exc:

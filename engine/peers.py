@@ -1,4 +1,4 @@
-"""Real DICOM peers for integration tests and benchmarks: Orthanc on free loopback ports.
+"""Real DICOM peers for integration tests and benchmarks: Orthanc on free loopback ports, a test PKI.
 
 ``OrthancPeer`` starts the ``Orthanc`` binary (Debian package ``orthanc``) with
 its own configuration and storage folder, waits until its REST API answers, and
@@ -22,6 +22,31 @@ from typing import Any
 from engine.ports import free_port
 
 ORTHANC_BINARY = "Orthanc"
+
+
+def _openssl(folder: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+
+
+def make_test_pki(folder: Path) -> Path:
+    """A throw-away PKI with the ``openssl`` command: PEM files in ``folder``, which it returns.
+
+    ``ca.crt``/``ca.key``; ``server.crt``/``server.key`` (localhost, 127.0.0.1) and
+    ``client.crt``/``client.key`` signed by the CA; ``rogue.crt``/``rogue.key``
+    self-signed. For TLS tests only: keys are unencrypted and valid two days.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl(folder, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+             "-days", "2", "-subj", "/CN=ScanStream Test CA")
+    for name, subject, extra in (("server", "localhost", ["-extfile", "san.ext"]), ("client", "modality", [])):
+        _openssl(folder, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={subject}")
+        _openssl(folder, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", *extra)
+    _openssl(folder, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rogue.key", "-out", "rogue.crt",
+             "-days", "2", "-subj", "/CN=rogue")
+    return folder
 
 
 class PeerError(RuntimeError):

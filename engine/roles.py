@@ -88,6 +88,9 @@ class ReceiverRole:
             min_free_bytes=storage.min_free_bytes,
             audit=AuditTrail(storage.data_dir / "audit.log"),
             priority_tag=config.routing.priority_tag,
+            tls=receiver.tls_context(),
+            tls_port=receiver.tls_port,
+            plain=receiver.plain_enabled,
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals, self.ledger.delivery_counts))
@@ -156,7 +159,8 @@ class ReceiverRole:
         self.scp.start()
         self._started = True
         log.info("receiver.started", ae_title=self.config.receiver.ae_title, port=self.scp.port,
-                 broker=self.broker.bound_address, http_port=self.http.port, requeued_jobs=requeued)
+                 tls_port=self.scp.tls_port, broker=self.broker.bound_address, http_port=self.http.port,
+                 requeued_jobs=requeued)
 
     def stop(self) -> None:
         """Stop accepting, then stop the rest; the ledger is left consistent."""

@@ -6,6 +6,7 @@ over one association, and reports each instance's status by name.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -60,7 +61,7 @@ def _headers(files: Sequence[Path], report: SendReport) -> list[tuple[Path, str,
 
 
 def store_files(entries: Sequence[tuple[Path, str, str]], host: str, port: int, called_aet: str, calling_aet: str,
-                timeout_s: float | None = None) -> list[tuple[Path, int | None]]:
+                timeout_s: float | None = None, tls: ssl.SSLContext | None = None) -> list[tuple[Path, int | None]]:
     """C-STORE ``(path, SOP class, transfer syntax)`` entries over one association: each file's status.
 
     The status is None when no response came (the association dropped or timed
@@ -76,9 +77,11 @@ def store_files(entries: Sequence[tuple[Path, str, str]], host: str, port: int, 
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
         ae.connection_timeout = timeout_s
     ae.requested_contexts = [build_context(sop, ts) for sop, ts in pairs]
-    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)])
+    assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=[(evt.EVT_CONN_OPEN, tcp_nodelay)],
+                         tls_args=(tls, host) if tls is not None else None)
     if not assoc.is_established:
-        raise SendError(f"association to {called_aet}@{host}:{port} was rejected or failed")
+        raise SendError(f"association to {called_aet}@{host}:{port}{' over TLS' if tls else ''} was rejected "
+                        "or failed")
     statuses: list[tuple[Path, int | None]] = []
     try:
         for path, _, _ in entries:

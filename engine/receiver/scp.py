@@ -8,6 +8,7 @@ allow-list (1,1,3), more than ``max_associations`` (2,3,2). Handlers live in
 from __future__ import annotations
 
 import shutil
+import ssl
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -102,10 +103,14 @@ class ReceiverSCP:
                  max_pdu: int = 4 * 1024 * 1024, acse_timeout: float = 30, dimse_timeout: float = 60,
                  network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first",
                  min_free_bytes: int = 0, audit: AuditTrail | None = None, max_study_bytes: int = 0,
-                 priority_tag: str = "") -> None:
+                 priority_tag: str = "", tls: ssl.SSLContext | None = None, tls_port: int = 2762,
+                 plain: bool = True) -> None:
         self.ae_title = ae_title
         self.host = host
         self._port = port
+        self._tls = tls
+        self._tls_port = tls_port
+        self._plain = plain
         self._audit = audit
         self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes, audit,
                                      max_study_bytes, priority_tag)
@@ -120,18 +125,25 @@ class ReceiverSCP:
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self._ae = ae
         self._disk = DiskGuard(ae, spool.root, min_free_bytes, max_associations)
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: dict[str, ThreadedAssociationServer] = {}
 
     @property
     def port(self) -> int:
-        """The bound port (the real one when started with port 0)."""
-        if self._server is not None:
-            return int(self._server.server_address[1])
+        """The bound plain port (the real one when started with port 0)."""
+        if "plain" in self._servers:
+            return int(self._servers["plain"].server_address[1])
         return self._port
 
+    @property
+    def tls_port(self) -> int | None:
+        """The bound DICOM TLS port, or None without TLS."""
+        if "tls" in self._servers:
+            return int(self._servers["tls"].server_address[1])
+        return self._tls_port if self._tls is not None else None
+
     def start(self) -> None:
-        """Listen without blocking; raises :class:`ReceiverError` naming the address if it cannot bind."""
-        if self._server is not None:
+        """Listen without blocking (plain and/or TLS); raises :class:`ReceiverError` naming the address if it cannot bind."""
+        if self._servers:
             raise ReceiverError(f"the SCP on {self.host}:{self.port} is already started")
         handlers = [
             (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
@@ -140,23 +152,30 @@ class ReceiverSCP:
             (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
             *(self._audit.handlers() if self._audit is not None else []),
         ]
-        try:
-            self._server = self._ae.start_server((self.host, self._port), block=False, evt_handlers=handlers)
-        except OSError as exc:
-            raise ReceiverError(f"cannot listen for DICOM on {self.host}:{self._port}: {exc.strerror or exc}") from exc
-        log.info("scp.listening", ae_title=self.ae_title, host=self.host, port=self.port)
+        listeners = ([("plain", self._port, None)] if self._plain else []) + \
+            ([("tls", self._tls_port, self._tls)] if self._tls is not None else [])
+        for name, port, context in listeners:
+            try:
+                self._servers[name] = self._ae.start_server((self.host, port), block=False, evt_handlers=handlers,
+                                                            ssl_context=context)
+            except OSError as exc:
+                self.stop(grace=0.0)
+                raise ReceiverError(f"cannot listen for DICOM{' TLS' if context else ''} on {self.host}:{port}: "
+                                    f"{exc.strerror or exc}") from exc
+            log.info("scp.listening", ae_title=self.ae_title, host=self.host,
+                     port=int(self._servers[name].server_address[1]), tls=context is not None)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; give open associations ``grace`` seconds to finish, then abort them."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
+        servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.shutdown()
         deadline = time.monotonic() + grace
-        for assoc in server.active_associations:
-            assoc.join(max(0.0, deadline - time.monotonic()))
-            if assoc.is_alive():
-                log.warning("scp.abort_on_stop", calling_ae=str(assoc.requestor.ae_title).strip())
-                assoc.abort()
-                assoc.join(1.0)
-        log.info("scp.stopped", port=server.server_address[1])
+        for server in servers:
+            for assoc in server.active_associations:
+                assoc.join(max(0.0, deadline - time.monotonic()))
+                if assoc.is_alive():
+                    log.warning("scp.abort_on_stop", calling_ae=str(assoc.requestor.ae_title).strip())
+                    assoc.abort()
+                    assoc.join(1.0)
+            log.info("scp.stopped", port=server.server_address[1])

@@ -7,6 +7,7 @@ waits cost nothing.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ from engine.receiver.spool import SpoolEntry
 class ScriptedPacs:
     """A Storage SCP answering statuses from a script (0x0000 once the script runs out)."""
 
-    def __init__(self, port: int, statuses: list[int] | None = None) -> None:
+    def __init__(self, port: int, statuses: list[int] | None = None, tls: "ssl.SSLContext | None" = None) -> None:
         self.port = port
+        self.tls = tls
         self.statuses = list(statuses or [])
         self.received: list[str] = []
         self._lock = threading.Lock()
@@ -45,7 +47,7 @@ class ScriptedPacs:
         return status
 
     def __enter__(self) -> "ScriptedPacs":
-        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False,
+        self._server = self._ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=self.tls,
                                              evt_handlers=[(evt.EVT_C_STORE, self._store)])
         return self
 
@@ -230,3 +232,27 @@ def test_requeue_sends_a_failed_delivery_again(done_job, capsys: pytest.CaptureF
         assert service.deliver_due() == 1
     (row,) = ledger.deliveries()
     assert (row.state, row.attempts) == ("sent", 1) and len(pacs.received) == len(files)
+
+
+def test_delivery_over_tls_verifies_the_pacs(done_job, tmp_path: Path) -> None:
+    import shutil
+    import ssl
+
+    from engine.peers import make_test_pki
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed; `make test` installs it")
+    pki = make_test_pki(tmp_path / "pki")
+    ledger, job_id, results, files = done_job
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pki / "server.crt", pki / "server.key")
+    clock = Clock()
+    with ScriptedPacs(free_port(), tls=server) as pacs:
+        service, _ = _service(ledger, pacs.port, clock, tls=True, tls_ca_certificates=str(pki / "ca.crt"))
+        _complete(ledger, job_id, results, service)
+        service.deliver_due()
+        assert ledger.deliveries()[0].state == "sent" and len(pacs.received) == len(files)
+        untrusting, _ = _service(ledger, pacs.port, clock, tls=True, tls_ca_certificates=str(pki / "rogue.crt"),
+                                 max_attempts=1)
+        assert untrusting._send(ledger.deliveries()[0], untrusting._destinations["pacs"]).verdict == "retry"
+        assert len(pacs.received) == len(files), "sent to a PACS whose certificate was not trusted"
