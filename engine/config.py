@@ -193,10 +193,16 @@ class HttpConfig(_Section):
 
 
 class PluginsConfig(_Section):
-    """Which plugins load besides the entry points: importable module names, and names to skip."""
+    """Which plugins load besides the entry points: importable module names, names to skip, and plugin settings.
+
+    ``options`` is a flat table plugins read their own settings from, keys
+    prefixed by the plugin (``zoo.input_size = 224``); unknown keys are ignored
+    by the engine and the plugin says which it takes.
+    """
 
     modules: list[str] = Field(default_factory=list)
     disabled: list[str] = Field(default_factory=list)
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
 class LoggingConfig(_Section):

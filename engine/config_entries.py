@@ -83,6 +83,8 @@ class RoutingConfig(_Entry):
     runs first; equal priorities run oldest first.
     """
 
+    models: list[str] = Field(default_factory=list, description="models the router may use; empty = every "
+                                                                "registered model")
     priority_tag: str = ""
     priority_values: dict[str, int] = Field(default_factory=lambda: {"STAT": 100, "HIGH": 50, "MEDIUM": 10,
                                                                      "ROUTINE": 0, "LOW": -10})

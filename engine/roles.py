@@ -66,7 +66,7 @@ class ReceiverRole:
             curve=config.broker.curve(),
         )
         self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts,
-                             priority_values=config.routing.priority_values)
+                             priority_values=config.routing.priority_values, enabled=config.routing.models)
         self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
         receiver = config.receiver
         self.scp = ReceiverSCP(

@@ -2,7 +2,8 @@
 
 Several models may take one series; a series no model takes stays stored and is
 reported (``series.unrouted`` in the log, ``unrouted`` in ``scanstream status``).
-Jobs get the series' priority (``routing.priority_tag`` / ``priority_values``),
+``routing.models`` limits routing to the named models (benchmark-only models
+such as the zoo stay off unless named). Jobs get the series' priority (``routing.priority_tag`` / ``priority_values``),
 which orders the queue before age.
 
 Jobs are keyed by (series, revision, model, model version) in the ledger, so routing
@@ -12,9 +13,9 @@ the same completion twice (a restart, a repeated call) creates nothing new.
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
-from engine.api import ModelRegistry
+from engine.api import ModelRegistry, PluginError
 from engine.logs import get_logger
 from engine.receiver.ledger import Ledger
 
@@ -25,12 +26,18 @@ class Router:
     """Creates jobs for a completed series revision and wakes the broker when it did."""
 
     def __init__(self, ledger: Ledger, models: ModelRegistry, on_jobs_queued: Callable[[], object], *,
-                 max_attempts: int = 3, priority_values: Mapping[str, int] | None = None) -> None:
+                 max_attempts: int = 3, priority_values: Mapping[str, int] | None = None,
+                 enabled: Sequence[str] = ()) -> None:
         self._ledger = ledger
         self._models = models
         self._on_jobs_queued = on_jobs_queued
         self._max_attempts = max_attempts
         self._priority_values = dict(priority_values or {})
+        self._enabled = set(enabled)
+        unknown = self._enabled - {spec.name for spec in models.all()}
+        if unknown:
+            raise PluginError(f"routing.models names unregistered model(s) {', '.join(sorted(unknown))}; registered: "
+                              f"{', '.join(spec.name for spec in models.all()) or 'none'}")
 
     def priority(self, series_uid: str) -> int:
         """The queue priority of a series: its priority element's text looked up in ``routing.priority_values``."""
@@ -39,7 +46,7 @@ class Router:
     def route(self, series_uid: str, revision: int) -> list[str]:
         """Queue one job per model that takes the series; returns the ids of jobs created now."""
         info = self._ledger.series_info(series_uid)
-        selected = self._models.select(info)
+        selected = [spec for spec in self._models.select(info) if not self._enabled or spec.name in self._enabled]
         series_key = self._ledger.series_key(series_uid)
         if not selected:
             log.info("series.unrouted", series_key=series_key, revision=revision, modality=info.modality,

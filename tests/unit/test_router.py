@@ -94,3 +94,14 @@ def test_priority_tag_config_is_checked() -> None:
     config = load_config(environ={"SCANSTREAM_ROUTING__PRIORITY_TAG": "RequestedProcedurePriority",
                                   "SCANSTREAM_ROUTING__PRIORITY_VALUES": '{"urgent": 7}'})
     assert config.routing.priority_values == {"URGENT": 7}
+
+
+def test_routing_models_limits_the_models_used(ledger: Ledger) -> None:
+    from engine.api import PluginError
+
+    ledger.complete_series("1.2.3", "test", 5.0)
+    router = Router(ledger, registry(), lambda: None, enabled=["ct-b"])
+    router.route("1.2.3", 1)
+    assert [job.model for job in ledger.list_jobs()] == ["ct-b"]
+    with pytest.raises(PluginError, match="routing.models names unregistered model.*nope"):
+        Router(ledger, registry(), lambda: None, enabled=["nope"])
