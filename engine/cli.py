@@ -171,10 +171,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, rate_per_s=args.rate, folder=args.folder, slices=args.slices, size=args.size,
         seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers, sender=args.sender,
         host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url, pacs=args.pacs or "",
-        destination=args.destination or "")
-    if (settings.pacs or settings.destination) and not settings.start:
-        print("scanstream bench: --pacs/--destination configure the engine started here; a running engine "
-              "(--host) uses its own [[destinations]]", file=sys.stderr)
+        destination=args.destination or "", model=args.model or "")
+    if (settings.pacs or settings.destination or settings.model) and not settings.start:
+        print("scanstream bench: --pacs/--destination/--model configure the engine started here; a running engine "
+              "(--host) uses its own configuration", file=sys.stderr)
         return 2
     logging.getLogger("engine.sender").setLevel(logging.WARNING)  # one line per association would bury the bar
     console = Console(stderr=True)
@@ -333,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pacs", choices=["orthanc"], help="start a real Orthanc as the destination of the engine "
                        "started here, and measure to its acknowledgement (sent_to_destination)")
     bench.add_argument("--destination", help="AE@host:port of a running PACS the engine started here sends to")
+    bench.add_argument("--model", help="the engine started here routes only to this model; zoo-* names load the "
+                       "benchmark zoo (untrained canonical architectures)")
     bench.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder")
     keys = add("keys", cmd_keys, "create a CurveZMQ key pair (NAME.key, NAME.key_secret) for the broker or a worker")
     keys.add_argument("name", help="e.g. broker, or the worker's host name")

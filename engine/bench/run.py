@@ -49,6 +49,7 @@ class BenchSettings:
     work_dir: Path | None = None
     pacs: str = ""  # "orthanc": start a real Orthanc as the destination of the engine started here
     destination: str = ""  # AE@host:port: a running PACS the engine started here sends results to
+    model: str = ""  # route only to this model in the engine started here (zoo-* loads the zoo plugin)
 
 
 def destination_entries(settings: BenchSettings, work_dir: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
@@ -69,6 +70,19 @@ def destination_entries(settings: BenchSettings, work_dir: Path, stack: contextl
     return []
 
 
+ZOO_PREFIX = "zoo-"
+
+
+def model_sections(settings: BenchSettings) -> dict[str, dict[str, Any]]:
+    """Config sections that make the engine started here run only ``settings.model`` (and load the zoo for it)."""
+    if not settings.model:
+        return {}
+    sections: dict[str, dict[str, Any]] = {"routing": {"models": [settings.model]}}
+    if settings.model.startswith(ZOO_PREFIX):
+        sections["plugins"] = {"modules": ["plugins.zoo"]}
+    return sections
+
+
 @contextlib.contextmanager
 def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Target, str]]:
     """The engine to drive: one started here on free ports (``settings.start``), or the given address."""
@@ -82,11 +96,12 @@ def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Tar
         destinations = destination_entries(settings, work_dir, stack)
         engine = EngineProcess(work_dir / "engine", workers=settings.workers, idle_timeout_s=30.0,
                                model_cache=WorkerConfig().model_cache_path(),
-                               extra={"worker": {"torch_threads": settings.torch_threads}},
+                               extra={"worker": {"torch_threads": settings.torch_threads}, **model_sections(settings)},
                                env={"SCANSTREAM_DESTINATIONS": json.dumps(destinations)} if destinations else {})
         stack.enter_context(engine)
-        sends = f", results sent to {destinations[0]['ae_title']}@{destinations[0]['host']}:" \
-                f"{destinations[0]['port']}" if destinations else ""
+        only = f", model {settings.model} only" if settings.model else ""
+        sends = only + (f", results sent to {destinations[0]['ae_title']}@{destinations[0]['host']}:"
+                        f"{destinations[0]['port']}" if destinations else "")
         yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}",
                      sender=settings.sender), \
             f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}{sends}"

@@ -66,3 +66,12 @@ def test_results_to_a_real_orthanc_are_measured_to_its_acknowledgement(tmp_path:
     assert latency["sent_to_destination"]["count"] == 2 and latency["deliver"]["count"] >= 2
     assert latency["sent_to_destination"]["p50"] >= latency["sent_to_result"]["p50"]
     assert "sent_to_destination" in (out / "report.md").read_text()
+
+
+def test_model_option_routes_to_that_model_only(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    done = bench("--studies", "1", "--model", "nodule-seg", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert "model nodule-seg only" in result["config"]["engine"]
+    assert {job["model"] for study in result["studies"] for job in study["jobs"]} == {"nodule-seg"}
