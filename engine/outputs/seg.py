@@ -10,12 +10,9 @@ from pydicom.sr.codedict import codes
 
 from engine import __version__
 from engine.api import Artifact, ModelResult, ModelSpec, PluginError, Volume
+from engine.outputs.sr import FINDING_TYPES
 from engine.outputs.uids import derived_uid
 
-_PROPERTY_TYPES = {
-    "nodule": codes.SCT.Nodule,
-    "lesion": codes.SCT.Lesion,
-}
 SEG_SERIES_NUMBER = 9001
 
 
@@ -28,7 +25,7 @@ def _segment_descriptions(result: ModelResult, spec: ModelSpec) -> list[hd.seg.S
             segment_number=number,
             segment_label=label,
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=_PROPERTY_TYPES.get(label.lower(), codes.SCT.Lesion),
+            segmented_property_type=FINDING_TYPES.get(label.lower(), codes.SCT.Lesion),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
