@@ -44,7 +44,7 @@ def scanstream_register_models(registry: ModelRegistry) -> None:
         selector=takes_series,
         load_network=load_network,
         handler=NoduleSegHandler(),
-        outputs=("result_json", "seg"),
+        outputs=("result_json", "seg", "preview"),
         max_batch=16,
         input_shape=(IN_CHANNELS, 256, 256),
         min_input_shape=(IN_CHANNELS, DEPTH_MULTIPLE, DEPTH_MULTIPLE),

@@ -56,13 +56,7 @@ def preprocess_volume(voxels: np.ndarray | torch.Tensor, size: tuple[int, int] |
 
 def voxel_to_patient(volume: Volume, indices: np.ndarray) -> np.ndarray:
     """Patient coordinates (x, y, z) mm of (slice, row, col) voxel indices, shape (K, 3) -> (K, 3)."""
-    row_dir = np.asarray(volume.orientation[:3], dtype=float)
-    col_dir = np.asarray(volume.orientation[3:6], dtype=float)
-    normal = np.cross(row_dir, col_dir)
-    slice_mm, row_mm, col_mm = volume.spacing
-    indices = np.asarray(indices, dtype=float).reshape(-1, 3)
-    return (np.asarray(volume.origin, dtype=float) + np.outer(indices[:, 2] * col_mm, row_dir)
-            + np.outer(indices[:, 1] * row_mm, col_dir) + np.outer(indices[:, 0] * slice_mm, normal))
+    return volume.patient_coordinates(indices)
 
 
 def _summary(findings: list[Finding]) -> str:
