@@ -105,4 +105,4 @@ def test_selector_takes_ct_volumes_only(spec) -> None:
     assert not spec.selector(series("CT", 7)) and not spec.selector(series("MR", 48))
     assert spec.selector(series("CT", 1, frames=64))  # an enhanced (multi-frame) CT
     assert (spec.name, spec.version) == ("nodule-seg", "1.0.0")
-    assert spec.outputs == ("result_json", "seg") and spec.max_batch == 16
+    assert spec.outputs == ("result_json", "seg", "preview") and spec.max_batch == 16
