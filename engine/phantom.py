@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,11 @@ MAX_RANDOM_NODULES = 3
 CHEST_WALL_R, RIBS_R = 0.66, (0.74, 0.80)  # inner edges as squared normalised body radius
 RESCALE_INTERCEPT = -1024
 MAX_HU = 3071  # 12 stored bits: 0..4095 after the intercept
+STANDARD_NOISE_HU = 20.0  # generate_ct_phantom's default noise: the "standard dose"
+LOW_DOSE_FACTOR = 0.25  # low_dose_phantom's default dose, relative to the standard dose
+LOW_DOSE_DESCRIPTION = "Phantom chest CT low dose"
+WATER_MU_PER_MM = 0.019  # linear attenuation of water near 70 keV
+_LOW_DOSE_STREAM = 0x10D05E  # second SeedSequence word: low-dose noise never repeats a phantom's own draws
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 COMPRESSED = (RLELossless, JPEG2000Lossless, JPEGLSLossless)
@@ -203,6 +209,56 @@ def generate_ct_phantom(
     )
 
 
+def dose_noise_weight(hu: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """Relative noise variance per voxel of a (S, H, W) HU volume: mean 1 over the body, float32.
+
+    Quantum noise in a projection has variance ~ 1 / photons ~ exp(line integral
+    of attenuation); filtered back-projection spreads each ray's variance along
+    it. Approximated with the two in-plane ray directions through each voxel
+    (along its row and along its column): variance ~ the mean of the two rays'
+    exp(attenuation), so noise is higher in the body's middle and behind bone,
+    lower near the skin. Normalised so body voxels (HU > -500) average 1.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    mu = np.clip(WATER_MU_PER_MM * (1.0 + hu / 1000.0), 0.0, None) * np.float32(pixel_mm)
+    along_rows = np.exp(mu.sum(axis=2, keepdims=True))  # (S, H, 1): the ray along each row
+    along_cols = np.exp(mu.sum(axis=1, keepdims=True))  # (S, 1, W): the ray along each column
+    weight = 0.5 * (along_rows + along_cols)
+    body = hu > -500.0
+    scale = float(weight[body].mean()) if body.any() else float(weight.mean())
+    return (weight / np.float32(scale)).astype(np.float32)
+
+
+def low_dose_phantom(
+    phantom: CTPhantom,
+    seed: int,
+    *,
+    dose: float = LOW_DOSE_FACTOR,
+    standard_noise_hu: float = STANDARD_NOISE_HU,
+) -> CTPhantom:
+    """The same phantom scanned at ``dose`` times the standard dose: more noise, same anatomy and truth.
+
+    Noise standard deviation scales as 1 / sqrt(dose), so on average over the
+    body the result has ``standard_noise_hu / sqrt(dose)`` HU of noise when
+    ``phantom`` was generated with ``noise_hu=standard_noise_hu``: the extra
+    Gaussian noise has variance ``standard_noise_hu**2 * (1 / dose - 1)``
+    times :func:`dose_noise_weight` (Poisson-like: more where rays are more
+    attenuated). Deterministic per (phantom, seed, dose); ``dose=1`` returns
+    the same values. Write it with ``write_ct_series(...,
+    series_description=LOW_DOSE_DESCRIPTION)``.
+    """
+    if not 0.0 < dose <= 1.0:
+        raise ValueError(f"dose must be in (0, 1] (a fraction of the standard dose), got {dose}")
+    if standard_noise_hu < 0.0:
+        raise ValueError(f"standard_noise_hu must be >= 0, got {standard_noise_hu}")
+    rng = np.random.default_rng((seed, _LOW_DOSE_STREAM))
+    sigma = np.float32(standard_noise_hu * np.sqrt(1.0 / dose - 1.0)) * np.sqrt(
+        dose_noise_weight(phantom.hu, phantom.spacing[1]))
+    noisy = phantom.hu.astype(np.float32) + rng.standard_normal(phantom.hu.shape, dtype=np.float32) * sigma
+    hu = np.clip(np.rint(noisy), RESCALE_INTERCEPT, MAX_HU).astype(np.int16)
+    return dataclasses.replace(phantom, hu=hu)
+
+
 def _series_template(phantom: CTPhantom, study_uid: str, series_uid: str, patient_id: str, patient_name: str,
                      series_description: str, body_part: str) -> Dataset:
     """Attributes shared by every slice of the series (patient, study, series, equipment, image pixel)."""
@@ -294,7 +350,10 @@ def write_ct_series(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write a phantom study: ``python -m engine.phantom OUT_DIR [--seed N] [--nodules K] [--syntax rle]``."""
+    """Write a phantom study: ``python -m engine.phantom OUT_DIR [--seed N] [--nodules K] [--syntax rle]``.
+
+    ``--low-dose D`` writes its low-dose version (:func:`low_dose_phantom`) for the ``ct-denoise`` model.
+    """
     parser = argparse.ArgumentParser(description="Write a phantom chest CT series as DICOM files")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=7)
@@ -302,9 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=48)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--syntax", choices=sorted(SYNTAX_NAMES), default="explicit")
+    parser.add_argument("--low-dose", type=float, default=None, metavar="DOSE",
+                        help=f"write a low-dose version instead (DOSE in (0, 1], e.g. {LOW_DOSE_FACTOR}), "
+                             f"described {LOW_DOSE_DESCRIPTION!r}")
     args = parser.parse_args(argv)
     phantom = generate_ct_phantom(args.seed, nodules=args.nodules, slices=args.slices, size=args.size)
-    paths = write_ct_series(phantom, args.out_dir, transfer_syntax=SYNTAX_NAMES[args.syntax])
+    extra = {}
+    if args.low_dose is not None:
+        phantom = low_dose_phantom(phantom, args.seed, dose=args.low_dose)
+        extra["series_description"] = LOW_DOSE_DESCRIPTION
+    paths = write_ct_series(phantom, args.out_dir, transfer_syntax=SYNTAX_NAMES[args.syntax], **extra)
     print(f"wrote {len(paths)} slices ({SYNTAX_NAMES[args.syntax].name}) with {len(phantom.nodules)} nodule(s) "
           f"to {args.out_dir}")
     for (z, y, x), radius in phantom.nodules:

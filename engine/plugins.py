@@ -22,6 +22,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "engine.outputs.builtin",
     "engine.config_models",
     "plugins.nodule_seg",
+    "plugins.ct_denoise",
 )
 
 log = get_logger(__name__)

@@ -115,4 +115,5 @@ def test_unknown_hook_and_missing_module_are_named(monkeypatch: pytest.MonkeyPat
 
 def test_disabled_plugin_is_skipped() -> None:
     config = EngineConfig.model_validate({"plugins": {"disabled": ["plugins.nodule_seg"]}})
-    assert len(PluginManager(config).load().models) == 0
+    names = {spec.name for spec in PluginManager(config).load().models.all()}
+    assert "nodule-seg" not in names and "ct-denoise" in names
