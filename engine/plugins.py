@@ -22,6 +22,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "engine.outputs.builtin",
     "engine.config_models",
     "plugins.nodule_seg",
+    "plugins.nodule_det",
     "plugins.ct_denoise",
 )
 
