@@ -8,16 +8,20 @@ from typing import Any
 
 from engine.bench.run import BenchSettings, run_bench
 
+MODEL = "nodule-seg"
+
 
 def bench(studies: int, *, concurrency: int = 1, workers: int = 1, slices: int = 48, size: int = 256,
           work_dir: Path | None = None, torch_threads: int = 0) -> dict[str, Any]:
-    """A closed-loop run against an engine started for it; raises if any series was split or lost.
+    """A closed-loop run against an engine started for it, routing to nodule-seg only (the model the bare-loop
+    baselines run); raises if any series was split or lost.
 
     ``torch_threads`` 0 lets each worker's runtime use every core.
     """
     sender = "storescu" if shutil.which("storescu") else "pynetdicom"  # DCMTK is the faster modality simulator
     result = run_bench(BenchSettings(studies=studies, concurrency=concurrency, workers=workers, slices=slices,
-                                     size=size, work_dir=work_dir, torch_threads=torch_threads, sender=sender))
+                                     size=size, work_dir=work_dir, torch_threads=torch_threads, sender=sender,
+                                     model=MODEL))
     summary = result["summary"]
     if summary["split_series"] or summary["lost_series"] or summary["studies_completed"] != studies:
         raise RuntimeError(f"engine run incomplete: {summary}")

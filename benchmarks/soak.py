@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         studies = prepare_studies(phantom_templates(work / "templates", 3, slices, size, seed=7), count, work / "send")
         with EngineProcess(work / "engine", workers=1, idle_timeout_s=30.0,
                            model_cache=WorkerConfig().model_cache_path(),
-                           extra={"worker": {"torch_threads": 0}}) as engine:
+                           extra={"worker": {"torch_threads": 0}, "routing": {"models": ["nodule-seg"]}}) as engine:
             target = Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}")
             wait_for_workers(target, 1, 300)
             samples: list[tuple[float, float]] = []
