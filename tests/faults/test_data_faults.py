@@ -30,7 +30,7 @@ def test_corrupt_jpeg2000_is_acknowledged_then_its_job_fails_with_the_reason(tmp
         target.parent.mkdir(exist_ok=True)
         ds.save_as(target, enforce_file_format=True)
         corrupt.append(target)
-    with EngineProcess(tmp_path / "data", workers=1) as engine:
+    with EngineProcess(tmp_path / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         sent = storescu(corrupt, engine.port, extra_args=("-xv",))  # propose JPEG 2000 lossless
         assert sent.returncode == 0, sent.stderr  # the header is valid: every instance is acknowledged
         study_uid = str(pydicom.dcmread(corrupt[0], stop_before_pixels=True).StudyInstanceUID)
@@ -48,7 +48,7 @@ def test_corrupt_jpeg2000_is_acknowledged_then_its_job_fails_with_the_reason(tmp
 def test_eight_concurrent_associations_lose_nothing(tmp_path: Path, require_dcmtk: None) -> None:
     studies = [write_ct_series(generate_ct_phantom(70 + i, slices=16, size=96), tmp_path / f"s{i}")
                for i in range(16)]
-    with EngineProcess(tmp_path / "data", workers=2) as engine:
+    with EngineProcess(tmp_path / "data", workers=2, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         with ThreadPoolExecutor(8) as pool:
             results = list(pool.map(lambda files: storescu(files, engine.port), studies))
         assert all(r.returncode == 0 for r in results), [r.stderr[-300:] for r in results if r.returncode]

@@ -55,7 +55,7 @@ def test_pacs_down_then_back_and_one_that_stays_down(tmp_path: Path, require_dcm
         {"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": dead_port,
          "backoff_initial_s": 0.2, "backoff_max_s": 0.4, "max_attempts": 3, "timeout_s": 2},
     ]
-    engine = EngineProcess(tmp_path / "data", workers=1, env={"SCANSTREAM_DESTINATIONS": json.dumps(destinations)})
+    engine = EngineProcess(tmp_path / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]}}, env={"SCANSTREAM_DESTINATIONS": json.dumps(destinations)})
     with engine:
         assert storescu(files, engine.port).returncode == 0
         (job,) = engine.wait_for_jobs(study_uid, 1)

@@ -50,7 +50,7 @@ def test_garbage_http_and_a_huge_pdu_length_leave_the_server_up(tmp_path: Path, 
 def test_receiver_killed_mid_association_keeps_every_acknowledged_instance(tmp_path: Path,
                                                                           require_dcmtk: None) -> None:
     files = write_ct_series(generate_ct_phantom(51, slices=120, size=256), tmp_path / "study")
-    engine = EngineProcess(tmp_path / "data", workers=1)
+    engine = EngineProcess(tmp_path / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]}})
     engine.start()
     try:
         sender = subprocess.Popen(["storescu", "-v", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port),
@@ -74,7 +74,7 @@ def test_receiver_killed_mid_association_keeps_every_acknowledged_instance(tmp_p
         names = {row[0] for row in db.execute("SELECT spool_name FROM instances")}
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert names <= spool  # ... and its file is in the spool
-    restarted = EngineProcess(tmp_path / "data", workers=1)
+    restarted = EngineProcess(tmp_path / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]}})
     restarted.port, restarted.http_port = engine.port, engine.http_port
     with restarted:
         assert storescu(files, restarted.port).returncode == 0  # the modality sends the study again

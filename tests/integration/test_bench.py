@@ -19,7 +19,7 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 def test_closed_loop_on_a_started_engine_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
-    done = bench("--studies", "3", "--concurrency", "2", "--out", str(out))
+    done = bench("--studies", "3", "--concurrency", "2", "--model", "nodule-seg", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((out / "result.json").read_text())
     summary = result["summary"]
@@ -32,7 +32,7 @@ def test_closed_loop_on_a_started_engine_writes_the_report(tmp_path: Path) -> No
 
 
 def test_open_loop_against_a_running_engine(tmp_path: Path) -> None:
-    with EngineProcess(tmp_path / "engine", workers=1) as engine:
+    with EngineProcess(tmp_path / "engine", workers=1, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         done = bench("--studies", "3", "--rate", "4", "--concurrency", "2", "--host", "127.0.0.1",
                      "--port", str(engine.port), "--http-url", f"http://127.0.0.1:{engine.http_port}",
                      "--out", str(tmp_path / "report"))
@@ -43,7 +43,7 @@ def test_open_loop_against_a_running_engine(tmp_path: Path) -> None:
 
 
 def test_dcmtk_storescu_as_the_modality(tmp_path: Path, require_storescu: str) -> None:
-    done = bench("--studies", "2", "--sender", "storescu", "--out", str(tmp_path / "report"))
+    done = bench("--studies", "2", "--sender", "storescu", "--model", "nodule-seg", "--out", str(tmp_path / "report"))
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "report" / "result.json").read_text())
     assert result["config"]["sender"] == "storescu"
@@ -58,7 +58,7 @@ def test_results_to_a_real_orthanc_are_measured_to_its_acknowledgement(tmp_path:
     if not orthanc_available():
         pytest.skip("Orthanc is not installed; `make test` installs it (apt-get install orthanc)")
     out = tmp_path / "report"
-    done = bench("--studies", "2", "--pacs", "orthanc", "--out", str(out))
+    done = bench("--studies", "2", "--pacs", "orthanc", "--model", "nodule-seg", "--out", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["summary"]["failed_deliveries"] == 0 and "results sent to ORTHANC@" in result["config"]["engine"]

@@ -44,7 +44,7 @@ def seg_mask(seg_path: Path, source_files: list[Path]) -> np.ndarray:
 def test_storescu_to_seg(tmp_path: Path, require_storescu: str) -> None:
     phantom = generate_ct_phantom(7001, nodules=3)
     files = write_ct_series(phantom, tmp_path / "study")
-    with EngineProcess(tmp_path / "data", workers=1) as engine:
+    with EngineProcess(tmp_path / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         sent = storescu(files, engine.port)
         assert sent.returncode == 0, sent.stderr
         study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
@@ -92,7 +92,7 @@ def test_study_split_over_two_associations_out_of_order(tmp_path: Path, require_
     everything = [f for files in series for f in files]
     first = everything[::2][::-1]   # every other instance of both series, last slice first
     second = everything[1::2][::-1]
-    with EngineProcess(tmp_path / "data", workers=1, idle_timeout_s=30.0) as engine:
+    with EngineProcess(tmp_path / "data", workers=1, idle_timeout_s=30.0, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         assert storescu(first, engine.port).returncode == 0
         assert storescu(second, engine.port).returncode == 0
         jobs = engine.wait_for_jobs(study_uid, 2)
@@ -116,7 +116,8 @@ def test_worker_killed_holding_a_job_is_released_and_result_appears_once(tmp_pat
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     engine = EngineProcess(
         tmp_path / "data", workers=2, heartbeat_interval_s=0.3,
-        extra={"plugins": {"modules": ["slow_model"], "disabled": ["plugins.nodule_seg"]}},
+        extra={"plugins": {"modules": ["slow_model"], "disabled": ["plugins.nodule_seg"]},
+               "routing": {"models": ["slow-test"]}},
         env={"PYTHONPATH": os.pathsep.join([str(PLUGIN_DIR), os.environ.get("PYTHONPATH", "")]),
              "SLOW_MODEL_HOLD_S": "4"},
     )

@@ -144,6 +144,7 @@ def test_workers_on_other_hosts_over_curve_and_a_host_lost_mid_job(lab: Lab, tmp
         "broker": {"bind": broker, **heartbeat, "curve_secret_key": str(keys / "broker.key_secret"),
                    "curve_authorized_keys": str(keys / "allowed")},
         "http": {"host": lab.address("recv"), "port": 8080},
+        "routing": {"models": ["nodule-seg"]},
     })
     worker_config = write_config(tmp_path / "worker.toml", {
         "broker": heartbeat,
