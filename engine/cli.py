@@ -131,6 +131,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins_check(args: argparse.Namespace) -> int:
+    """Check a plugin's models end to end on a phantom series; 0 when every check passes, 1 otherwise."""
+    from rich.console import Console
+
+    from engine.plugin_check import check_plugin, render
+
+    report = check_plugin(args.name, _config(args), export=args.export)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 120).print(render(report))  # pipes get 120, not 80
+    return 0 if report.ok else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """Export, build and time models now, so workers start without doing it."""
     from engine.plugins import load_plugins
@@ -308,6 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = add("plugins", cmd_plugins, "list plugins, models (with the backend each will use, and why) and outputs")
     plugins.add_argument("--no-measure", action="store_true",
                          help="do not time CPU backends that have not been timed on this host yet")
+    plugins_commands = plugins.add_subparsers(dest="plugins_command", metavar="{check}")
+    check_help = "check a plugin's models end to end: hooks, spec, weights, a phantom run, every output re-read"
+    check = plugins_commands.add_parser("check", help=check_help, description=check_help)
+    check.set_defaults(func=cmd_plugins_check)
+    check.add_argument("name", help="a plugin as `scanstream plugins` lists it, or a model name")
+    check.add_argument("--json", action="store_true", help="print the checks as JSON")
+    check.add_argument("--export", action="store_true",
+                       help="also export each model to ONNX and compare ONNX Runtime with torch")
+    check.add_argument("--config", default=argparse.SUPPRESS, help="TOML config file (as for `plugins`)")
     models = add("models", cmd_models, "prepare models ahead of time: ONNX export, TensorRT plan, backend timing")
     models.add_argument("action", choices=["build"])
     models.add_argument("--model", action="append", help="only this model (repeatable; default all)")
