@@ -169,6 +169,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _plugin_options(pairs: list[str] | None) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict; a pair without ``=`` is a usage error."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option: expected KEY=VALUE (e.g. zoo.unet3d.patch=64), got {pair!r}")
+        options[key] = value
+    return options
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Send studies as modalities would, wait for every result, report throughput and per-stage latency."""
     from rich.console import Console
@@ -185,8 +196,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, rate_per_s=args.rate, folder=args.folder, slices=args.slices, size=args.size,
         seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers, sender=args.sender,
         host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url, pacs=args.pacs or "",
-        destination=args.destination or "", model=args.model or "")
-    if (settings.pacs or settings.destination or settings.model) and not settings.start:
+        destination=args.destination or "", model=args.model or "", plugin_options=_plugin_options(args.option))
+    if (settings.pacs or settings.destination or settings.model or settings.plugin_options) and not settings.start:
         print("scanstream bench: --pacs/--destination/--model configure the engine started here; a running engine "
               "(--host) uses its own configuration", file=sys.stderr)
         return 2
@@ -358,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--destination", help="AE@host:port of a running PACS the engine started here sends to")
     bench.add_argument("--model", help="the engine started here routes only to this model; zoo-* names load the "
                        "benchmark zoo (untrained canonical architectures)")
+    bench.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a plugins.options setting of the engine started here (repeatable), "
+                            "e.g. zoo.unet3d.patch=64")
     bench.add_argument("--out", type=Path, default=Path("bench-report"), help="report folder")
     keys = add("keys", cmd_keys, "create a CurveZMQ key pair (NAME.key, NAME.key_secret) for the broker or a worker")
     keys.add_argument("name", help="e.g. broker, or the worker's host name")

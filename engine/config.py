@@ -196,8 +196,9 @@ class PluginsConfig(_Section):
     """Which plugins load besides the entry points: importable module names, names to skip, and plugin settings.
 
     ``options`` is a flat table plugins read their own settings from, keys
-    prefixed by the plugin (``zoo.input_size = 224``); unknown keys are ignored
-    by the engine and the plugin says which it takes.
+    prefixed by the plugin and quoted in TOML (``"zoo.input_size" = 224``: an
+    unquoted dotted key would nest); the engine passes them through and each
+    plugin says which it takes.
     """
 
     modules: list[str] = Field(default_factory=list)

@@ -184,7 +184,7 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
     plugins = load_plugins(config)
     runner = JobRunner(plugins, config.worker)
     try:
-        runner.warm_up()
+        runner.warm_up(only=config.routing.models)
     except (BackendError, ExportError) as error:
         log.error("worker.model_unavailable", reason=str(error), backend=config.worker.backend,
                   device=config.worker.device)

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class BenchSettings:
     pacs: str = ""  # "orthanc": start a real Orthanc as the destination of the engine started here
     destination: str = ""  # AE@host:port: a running PACS the engine started here sends results to
     model: str = ""  # route only to this model in the engine started here (zoo-* loads the zoo plugin)
+    plugin_options: dict[str, str] = field(default_factory=dict)  # plugins.options of the engine started here
 
 
 def destination_entries(settings: BenchSettings, work_dir: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
@@ -75,11 +76,13 @@ ZOO_PREFIX = "zoo-"
 
 def model_sections(settings: BenchSettings) -> dict[str, dict[str, Any]]:
     """Config sections that make the engine started here run only ``settings.model`` (and load the zoo for it)."""
-    if not settings.model:
-        return {}
-    sections: dict[str, dict[str, Any]] = {"routing": {"models": [settings.model]}}
-    if settings.model.startswith(ZOO_PREFIX):
-        sections["plugins"] = {"modules": ["plugins.zoo"]}
+    sections: dict[str, dict[str, Any]] = {}
+    if settings.plugin_options:
+        sections["plugins"] = {"options": dict(settings.plugin_options)}
+    if settings.model:
+        sections["routing"] = {"models": [settings.model]}
+        if settings.model.startswith(ZOO_PREFIX):
+            sections.setdefault("plugins", {})["modules"] = ["plugins.zoo"]
     return sections
 
 

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from engine.api import Artifact, ModelSpec, PluginError, SeriesInfo, Volume
 from engine.broker.worker_link import JobDone, JobFailed, JobOutcome, JobRequest
@@ -55,10 +55,12 @@ class JobRunner:
         """Names of the models this worker can run."""
         return [spec.name for spec in self._plugins.models.all()]
 
-    def warm_up(self) -> None:
-        """Choose and initialise every model's backend now, so the first job does not pay for it."""
+    def warm_up(self, only: Sequence[str] = ()) -> None:
+        """Choose and initialise the models' backends now (``only`` these when given: ``routing.models``),
+        so the first job does not pay for it."""
         for spec in self._plugins.models.all():
-            self._model(spec)
+            if not only or spec.name in only:
+                self._model(spec)
 
     def loaded(self) -> list[LoadedModel]:
         """The models initialised so far."""

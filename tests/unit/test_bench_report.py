@@ -152,3 +152,18 @@ def test_terminal_table_renders_summary_and_percentiles() -> None:
     empty["latency_s"] = {}
     console.print(terminal_table(empty))
     assert "(no samples)" in console.export_text()
+
+
+def test_bench_model_and_plugin_options_configure_the_started_engine() -> None:
+    from engine.bench.run import BenchSettings, model_sections
+    from engine.cli import _plugin_options
+    from engine.config import ConfigError
+
+    options = _plugin_options(["zoo.unet3d.patch=64", "zoo.input_size=75"])
+    sections = model_sections(BenchSettings(model="zoo-resnet18", plugin_options=options))
+    assert sections == {"plugins": {"options": {"zoo.unet3d.patch": "64", "zoo.input_size": "75"},
+                                    "modules": ["plugins.zoo"]},
+                        "routing": {"models": ["zoo-resnet18"]}}
+    assert model_sections(BenchSettings(model="nodule-seg")) == {"routing": {"models": ["nodule-seg"]}}
+    with pytest.raises(ConfigError, match="--option: expected KEY=VALUE"):
+        _plugin_options(["zoo.input_size"])
