@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import parser, print_table, write_result
 from benchmarks.engine_runs import bench
-from engine.api import ModelRegistry, SeriesInfo
+from engine.api import ModelRegistry, ModelSpec, SeriesInfo
 from engine.config import WorkerConfig
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.selection import choose_backend, make_backend
@@ -28,11 +28,16 @@ from plugins import nodule_seg
 GOAL = 0.9
 
 
-def bare_loop(folder: Path, threads: int) -> tuple[float, str]:
-    """Studies/s of preprocess + backend + postprocess over the sent studies' decoded volumes, and the backend."""
+def nodule_seg_spec() -> ModelSpec:
+    """The built-in model the engine runs of :mod:`benchmarks.engine_runs` route to."""
     registry = ModelRegistry()
     nodule_seg.scanstream_register_models(registry)
-    spec = registry.get("nodule-seg")
+    return registry.get("nodule-seg")
+
+
+def bare_loop(folder: Path, threads: int, spec: ModelSpec | None = None) -> tuple[float, str]:
+    """Studies/s of preprocess + backend + postprocess over the sent studies' decoded volumes, and the backend."""
+    spec = spec or nodule_seg_spec()
     artifacts = ModelArtifacts(spec, WorkerConfig().model_cache_path())
     choice = choose_backend(artifacts, "auto", "cpu", threads)
     backend = make_backend(choice.backend, "cpu", threads=threads)
