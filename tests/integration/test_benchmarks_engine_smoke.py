@@ -22,3 +22,12 @@ def test_engine_benchmark_runs(module, keys: set[str], tmp_path: Path) -> None:
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0
     (written,) = tmp_path.glob("*.json")
     assert keys <= set(json.loads(written.read_text()))
+
+
+def test_zoo_engine_benchmark_runs(tmp_path: Path) -> None:
+    from benchmarks import zoo_engine
+
+    assert zoo_engine.main(["--quick", "--models", "zoo-resnet18", "--out", str(tmp_path)]) == 0
+    (written,) = tmp_path.glob("*.json")
+    record = json.loads(written.read_text())["models"]["zoo-resnet18"]
+    assert {"backend", "engine_studies_per_s", "bare_studies_per_s", "ratio"} <= set(record)
