@@ -43,7 +43,8 @@ class ReceiverConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(16, ge=1)
-    allowed_calling_aets: list[str] = Field(default_factory=list)
+    allowed_calling_aets: list[str] = Field(default_factory=list, description="AE titles allowed to connect, each "
+                                            "optionally bound to a host address: CT1 or CT1@10.0.0.5; empty = any")
     max_instance_bytes: int = Field(2**31 - 1, ge=1024)
     max_study_bytes: int = Field(0, ge=0, description="bytes one study may hold; an instance over it gets 0xA700; "
                                                       "0 = no cap")
@@ -78,6 +79,22 @@ class ReceiverConfig(_Section):
 
         return server_context(self.tls_certificate, self.tls_private_key, self.tls_ca_certificates,
                               self.tls_require_client_certificate)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _calling_entries(cls, values: list[str]) -> list[str]:
+        import ipaddress
+
+        for value in values:
+            title, _, host = value.partition("@")
+            if not 0 < len(title.strip()) <= 16 or "\\" in title:
+                raise ValueError(f"{value!r}: an AE title is 1-16 characters without backslash")
+            if host:
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError:
+                    raise ValueError(f"{value!r}: expected AE or AE@IP-address (e.g. CT1@10.0.0.5)") from None
+        return values
 
     @field_validator("ae_title")
     @classmethod

@@ -89,6 +89,20 @@ class DiskGuard:
                 log.info("scp.disk_ok", free_bytes=free, min_free_bytes=self._min_free)
 
 
+def calling_hosts(entries: Sequence[str]) -> dict[str, set[str]]:
+    """``["CT1", "CT2@10.0.0.5"]`` -> ``{"CT1": set(), "CT2": {"10.0.0.5"}}`` (empty set: any address).
+
+    An AE listed both bare and with hosts is bound to those hosts.
+    """
+    hosts: dict[str, set[str]] = {}
+    for entry in entries:
+        title, _, host = entry.partition("@")
+        bound = hosts.setdefault(title.strip(), set())
+        if host:
+            bound.add(host)
+    return hosts
+
+
 class ReceiverSCP:
     """A pynetdicom storage SCP writing to the spool and the ledger.
 
@@ -119,13 +133,27 @@ class ReceiverSCP:
         ae.maximum_pdu_size = max_pdu
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse_timeout, dimse_timeout, network_timeout
         ae.require_called_aet = True
-        ae.require_calling_aet = list(allowed_calling_aets)
+        self._calling_hosts = calling_hosts(allowed_calling_aets)
+        ae.require_calling_aet = sorted(self._calling_hosts)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self._ae = ae
         self._disk = DiskGuard(ae, spool.root, min_free_bytes, max_associations)
         self._servers: dict[str, ThreadedAssociationServer] = {}
+
+    def _check_calling_host(self, event: evt.Event) -> None:
+        """EVT_REQUESTED: a calling AE bound to host addresses is rejected (1, 1, 3) from any other address."""
+        requestor = event.assoc.requestor
+        calling = str(requestor.primitive.calling_ae_title).strip() if requestor.primitive is not None else ""
+        hosts = self._calling_hosts.get(calling)
+        if hosts and requestor.address not in hosts:
+            log.warning("association.calling_host_refused", calling_ae=calling, address=requestor.address)
+            # As pynetdicom's own negotiation rejects: the A-ASSOCIATE-RJ (permanent, service user, calling AE not
+            # recognised), EVT_REJECTED (the audit line), then stop the DUL once the PDU is out.
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            evt.trigger(event.assoc, evt.EVT_REJECTED, {})
+            event.assoc.kill()
 
     @property
     def port(self) -> int:
@@ -147,7 +175,7 @@ class ReceiverSCP:
             raise ReceiverError(f"the SCP on {self.host}:{self.port} is already started")
         handlers = [
             (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
-            (evt.EVT_CONN_OPEN, self._disk.on_connection),
+            (evt.EVT_CONN_OPEN, self._disk.on_connection), (evt.EVT_REQUESTED, self._check_calling_host),
             (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
             (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
             *(self._audit.handlers() if self._audit is not None else []),

@@ -616,3 +616,22 @@ def test_a_study_over_its_byte_cap_gets_a700_for_the_instance_that_would_cross_i
     assert receiver.instances == 2 and len(spool_files(receiver.spool.root)) == 2
     other = ct_series(1, size=16)  # another study has its own budget
     assert send_many(receiver.scp.port, other) == [StoreStatus.SUCCESS]
+
+
+def test_calling_ae_bound_to_a_host(receiver_factory) -> None:
+    receiver = receiver_factory(allowed_calling_aets=["CT1@10.9.9.9", "CT2@127.0.0.1", "PYSCU"])
+    assert associate(receiver.scp.port, calling="CT1")[1] == CALLING_AE_NOT_RECOGNISED  # right AE, wrong host
+    for calling in ("CT2", "PYSCU"):
+        assoc, rejection = associate(receiver.scp.port, calling=calling)
+        assert rejection is None and assoc.is_established, calling
+        assoc.release()
+    assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
+
+
+def test_calling_ae_entries_are_checked() -> None:
+    from engine.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="expected AE or AE@IP-address"):
+        load_config(environ={"SCANSTREAM_RECEIVER__ALLOWED_CALLING_AETS": "CT1@not-an-address"})
+    config = load_config(environ={"SCANSTREAM_RECEIVER__ALLOWED_CALLING_AETS": "CT1@10.0.0.5,CT2"})
+    assert config.receiver.allowed_calling_aets == ["CT1@10.0.0.5", "CT2"]
