@@ -37,6 +37,7 @@ from engine.logs import get_logger
 from engine.receiver.audit import AuditTrail
 from engine.receiver.handlers import StoreHandler, handle_echo, log_association, tcp_nodelay
 from engine.receiver.ledger import DuplicatePolicy, Ledger
+from engine.receiver.pdu_guard import guard_pdu_lengths
 from engine.receiver.spool import Spool
 
 log = get_logger(__name__)
@@ -131,6 +132,7 @@ class ReceiverSCP:
         ae = AE(ae_title=ae_title)
         ae.maximum_associations = max_associations
         ae.maximum_pdu_size = max_pdu
+        self._max_pdu = max_pdu
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse_timeout, dimse_timeout, network_timeout
         ae.require_called_aet = True
         self._calling_hosts = calling_hosts(allowed_calling_aets)
@@ -175,7 +177,8 @@ class ReceiverSCP:
             raise ReceiverError(f"the SCP on {self.host}:{self.port} is already started")
         handlers = [
             (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
-            (evt.EVT_CONN_OPEN, self._disk.on_connection), (evt.EVT_REQUESTED, self._check_calling_host),
+            (evt.EVT_CONN_OPEN, self._disk.on_connection), (evt.EVT_CONN_OPEN, guard_pdu_lengths(self._max_pdu)),
+            (evt.EVT_REQUESTED, self._check_calling_host),
             (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
             (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
             *(self._audit.handlers() if self._audit is not None else []),
