@@ -23,6 +23,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "engine.config_models",
     "plugins.nodule_seg",
     "plugins.nodule_det",
+    "plugins.nodule_cls",
     "plugins.ct_denoise",
 )
 

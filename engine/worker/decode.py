@@ -5,6 +5,13 @@ row and column directions), not by InstanceNumber, which scanners do not always
 set consistently. Rescale slope/intercept is applied per frame, vectorised.
 Compressed transfer syntaxes decode through pydicom's pixel handlers
 (pylibjpeg / openjpeg / libjpeg plugins).
+
+A projection radiograph (DX, CR: no ImagePositionPatient or
+ImageOrientationPatient) decodes to a (1, rows, cols) volume at the origin,
+its pixel size from PixelSpacing or else ImagerPixelSpacing, and its
+orientation from PatientOrientation when that names two perpendicular axes
+(a PA chest's ``L\\F``: along a row to the patient's left, down a column
+to the feet), else the default axial orientation.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from engine.api import SeriesInfo, Volume
 
 DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+PATIENT_DIRECTIONS = {  # PatientOrientation letters as LPS unit vectors
+    "L": (1.0, 0.0, 0.0), "R": (-1.0, 0.0, 0.0), "P": (0.0, 1.0, 0.0), "A": (0.0, -1.0, 0.0),
+    "H": (0.0, 0.0, 1.0), "F": (0.0, 0.0, -1.0),
+}
 
 
 class DecodeError(Exception):
@@ -85,7 +96,24 @@ def _frame_geometry(datasets: Sequence[Dataset]) -> tuple[list[FrameGeometry], t
             pixel_spacing = pixel_spacing or spacing
             slope, intercept = _rescale(ds, group if group is not None and "PixelValueTransformationSequence" in group else shared)
             frames.append(FrameGeometry(index, frame, position, slope, intercept))
-    return frames, orientation or DEFAULT_ORIENTATION, pixel_spacing or (1.0, 1.0)
+    orientation = orientation or projection_orientation(datasets[0]) or DEFAULT_ORIENTATION
+    return frames, orientation, pixel_spacing or (1.0, 1.0)
+
+
+def projection_orientation(ds: Dataset) -> tuple[float, ...] | None:
+    """Direction cosines from a projection image's PatientOrientation (``L\\F`` -> (1, 0, 0, 0, 0, -1)).
+
+    Only two single-letter, perpendicular directions are used; oblique values
+    such as ``LP`` and anything malformed give None.
+    """
+    value = getattr(ds, "PatientOrientation", None)
+    letters = [str(v).strip().upper() for v in value] if value is not None and not isinstance(value, str) else []
+    if len(letters) != 2 or not all(letter in PATIENT_DIRECTIONS for letter in letters):
+        return None
+    row, col = PATIENT_DIRECTIONS[letters[0]], PATIENT_DIRECTIONS[letters[1]]
+    if abs(float(np.dot(row, col))) > 1e-6:
+        return None
+    return (*row, *col)
 
 
 def _plane(
@@ -100,6 +128,8 @@ def _plane(
     position = find("PlanePositionSequence", "ImagePositionPatient")
     orientation = find("PlaneOrientationSequence", "ImageOrientationPatient")
     spacing = find("PixelMeasuresSequence", "PixelSpacing")
+    if spacing is None:  # a projection radiograph may give only the detector's spacing
+        spacing = getattr(ds, "ImagerPixelSpacing", None)
     return (
         tuple(float(v) for v in position) if position is not None else (0.0, 0.0, 0.0),
         tuple(float(v) for v in orientation) if orientation is not None else None,
