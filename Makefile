@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/scanstream demo
 
 test: install system-deps $(COMPOSE_SCHEMA)
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 test-unit: install $(COMPOSE_SCHEMA)
 	$(BIN)/pytest -q -m "not integration"
