@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydicom.uid import CTImageStorage
 from scipy import ndimage
 
-from engine.api import ModelRegistry, ModelResult, ModelSpec, SeriesInfo, Volume
+import plugins.evaluation
+from engine.api import ModelRegistry, ModelResult, ModelSpec, Volume
 from engine.phantom import AIR, LOW_DOSE_DESCRIPTION, LOW_DOSE_FACTOR, CTPhantom, generate_ct_phantom, low_dose_phantom
 from plugins import ct_denoise
+from plugins.evaluation import run_model
 
 PSNR_RANGE_HU = (-1024.0, 1024.0)
 PSNR_PEAK_HU = PSNR_RANGE_HU[1] - PSNR_RANGE_HU[0]
@@ -38,19 +39,8 @@ EVAL_NODULES = 2
 
 
 def phantom_volume(phantom: CTPhantom, description: str = LOW_DOSE_DESCRIPTION) -> Volume:
-    """The Volume a worker would decode from the phantom's DICOM files (stored = HU, rescale 1/0)."""
-    slices = phantom.hu.shape[0]
-    return Volume(
-        stored=phantom.hu,
-        spacing=phantom.spacing,
-        origin=phantom.origin,
-        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-        sources=[],
-        frames=[(i, 1) for i in range(slices)],
-        series=SeriesInfo(study_uid="1.2.3", series_uid="1.2.3.4", modality="CT", sop_class_uid=CTImageStorage,
-                          body_part="CHEST", series_description=description, instance_count=slices,
-                          frame_count=slices),
-    )
+    """The Volume a worker would decode from the phantom's DICOM files, described as low dose by default."""
+    return plugins.evaluation.phantom_volume(phantom, description)
 
 
 def registered_spec() -> ModelSpec:
@@ -58,14 +48,6 @@ def registered_spec() -> ModelSpec:
     registry = ModelRegistry()
     ct_denoise.scanstream_register_models(registry)
     return registry.get(ct_denoise.MODEL_NAME)
-
-
-def run_model(spec: ModelSpec, network: torch.nn.Module, volume: Volume) -> ModelResult:
-    """Preprocess, run the network in ``spec.max_batch`` chunks, postprocess."""
-    batch = spec.handler.preprocess(volume)
-    with torch.inference_mode():
-        output = torch.cat([network(chunk) for chunk in batch.split(spec.max_batch)])
-    return spec.handler.postprocess(output, volume)
 
 
 def psnr(image_hu: np.ndarray, reference_hu: np.ndarray, region: np.ndarray) -> float:

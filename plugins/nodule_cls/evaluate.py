@@ -25,6 +25,7 @@ from engine.phantom import NODULE_RADIUS_MM, CTPhantom, generate_ct_phantom
 from engine.phantom_dx import DEFAULT_SLICES, DXPhantom, generate_dx_phantom
 from plugins import nodule_cls
 from plugins.nodule_cls.handler import LABEL
+from plugins.evaluation import run_model
 
 DX_VISIBLE_RADIUS_MM = (5.0, 10.0)  # the radiograph task: nodules of 5-10 mm radius (see the accuracy test)
 
@@ -56,14 +57,6 @@ def registered_specs() -> dict[str, ModelSpec]:
     registry = ModelRegistry()
     nodule_cls.scanstream_register_models(registry)
     return {"ct": registry.get(nodule_cls.CT_MODEL_NAME), "dx": registry.get(nodule_cls.DX_MODEL_NAME)}
-
-
-def run_model(spec: ModelSpec, network: torch.nn.Module, volume: Volume) -> ModelResult:
-    """Preprocess, run the network in ``spec.max_batch`` chunks, postprocess."""
-    batch = spec.handler.preprocess(volume)
-    with torch.inference_mode():
-        output = torch.cat([network(chunk) for chunk in batch.split(spec.max_batch)])
-    return spec.handler.postprocess(output, volume)
 
 
 def nodule_count(seed: int) -> int:

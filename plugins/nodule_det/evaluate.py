@@ -21,30 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydicom.uid import CTImageStorage
 
-from engine.api import ModelRegistry, ModelResult, ModelSpec, SeriesInfo, Volume
+from engine.api import ModelRegistry, ModelResult, ModelSpec
 from engine.phantom import CTPhantom, generate_ct_phantom
 from plugins import nodule_det
 from plugins.nodule_det.boxes import box_iou
 from plugins.nodule_det.truth import nodule_truths
+from plugins.evaluation import phantom_volume, run_model
 
 HIT_IOU = 0.3
-
-
-def phantom_volume(phantom: CTPhantom) -> Volume:
-    """The Volume a worker would decode from the phantom's DICOM files."""
-    slices = phantom.hu.shape[0]
-    return Volume(
-        stored=phantom.hu,
-        spacing=phantom.spacing,
-        origin=phantom.origin,
-        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-        sources=[],
-        frames=[(i, 1) for i in range(slices)],
-        series=SeriesInfo(study_uid="1.2.3", series_uid="1.2.3.4", modality="CT", sop_class_uid=CTImageStorage,
-                          body_part="CHEST", instance_count=slices, frame_count=slices),
-    )
 
 
 def registered_spec() -> ModelSpec:
@@ -52,14 +37,6 @@ def registered_spec() -> ModelSpec:
     registry = ModelRegistry()
     nodule_det.scanstream_register_models(registry)
     return registry.get(nodule_det.MODEL_NAME)
-
-
-def run_model(spec: ModelSpec, network: torch.nn.Module, volume: Volume) -> ModelResult:
-    """Preprocess, run the network in ``spec.max_batch`` chunks, postprocess."""
-    batch = spec.handler.preprocess(volume)
-    with torch.inference_mode():
-        output = torch.cat([network(chunk) for chunk in batch.split(spec.max_batch)])
-    return spec.handler.postprocess(output, volume)
 
 
 def match_findings(result: ModelResult, phantom: CTPhantom, hit_iou: float = HIT_IOU) -> tuple[int, int]:

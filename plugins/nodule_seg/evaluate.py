@@ -15,26 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydicom.uid import CTImageStorage
 
-from engine.api import ModelRegistry, ModelResult, ModelSpec, SeriesInfo, Volume
+from engine.api import ModelRegistry, ModelResult, ModelSpec
 from engine.phantom import CTPhantom, generate_ct_phantom
 from plugins import nodule_seg
-
-
-def phantom_volume(phantom: CTPhantom) -> Volume:
-    """The Volume a worker would decode from the phantom's DICOM files."""
-    slices = phantom.hu.shape[0]
-    return Volume(
-        stored=phantom.hu,
-        spacing=phantom.spacing,
-        origin=phantom.origin,
-        orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
-        sources=[],
-        frames=[(i, 1) for i in range(slices)],
-        series=SeriesInfo(study_uid="1.2.3", series_uid="1.2.3.4", modality="CT", sop_class_uid=CTImageStorage,
-                          body_part="CHEST", instance_count=slices, frame_count=slices),
-    )
+from plugins.evaluation import phantom_volume, run_model
 
 
 def registered_spec() -> ModelSpec:
@@ -42,14 +27,6 @@ def registered_spec() -> ModelSpec:
     registry = ModelRegistry()
     nodule_seg.scanstream_register_models(registry)
     return registry.get(nodule_seg.MODEL_NAME)
-
-
-def run_model(spec: ModelSpec, network: torch.nn.Module, volume: Volume) -> ModelResult:
-    """Preprocess, run the network in ``spec.max_batch`` chunks, postprocess."""
-    batch = spec.handler.preprocess(volume)
-    with torch.inference_mode():
-        output = torch.cat([network(chunk) for chunk in batch.split(spec.max_batch)])
-    return spec.handler.postprocess(output, volume)
 
 
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
