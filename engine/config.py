@@ -281,20 +281,14 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tup
                 raise ConfigError(f"environment {var}: expected a JSON array of tables, got invalid JSON "
                                   f"({exc.msg} at character {exc.pos})") from None
             sources[(name,)] = var
-    list_keys = {
-        (name, key)
+    origins = {
+        (name, key): getattr(field.annotation, "__origin__", None)
         for name, section in EngineConfig.model_fields.items()
         if name not in LIST_SECTIONS
         for key, field in section.annotation.model_fields.items()  # type: ignore[union-attr]
-        if getattr(field.annotation, "__origin__", None) is list
     }
-    dict_keys = {
-        (name, key)
-        for name, section in EngineConfig.model_fields.items()
-        if name not in LIST_SECTIONS
-        for key, field in section.annotation.model_fields.items()  # type: ignore[union-attr]
-        if getattr(field.annotation, "__origin__", None) is dict
-    }
+    list_keys = {key for key, origin in origins.items() if origin is list}
+    dict_keys = {key for key, origin in origins.items() if origin is dict}
     for var, value in environ.items():
         if not var.startswith(ENV_PREFIX) or "__" not in var:
             continue

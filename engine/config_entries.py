@@ -135,6 +135,11 @@ class PreprocessingConfig(_Entry):
     size: tuple[int, int] = Field((256, 256), description="rows, columns the network sees")
     context_slices: int = Field(0, ge=0, description="neighbours on each side as extra channels (2.5D)")
 
+    @property
+    def channels(self) -> int:
+        """Network input channels: the slice and ``context_slices`` neighbours on each side."""
+        return 2 * self.context_slices + 1
+
     @model_validator(mode="after")
     def _window_order(self) -> "PreprocessingConfig":
         if not self.window[1] > self.window[0]:

@@ -68,11 +68,6 @@ class EntryHandler:
     def __init__(self, entry: ModelEntryConfig) -> None:
         self.entry = entry
 
-    @property
-    def channels(self) -> int:
-        """Network input channels: the slice and ``context_slices`` neighbours on each side."""
-        return 2 * self.entry.preprocessing.context_slices + 1
-
     def plan(self, volume: Volume) -> SlicePlan:
         """Resample to the configured size, window/normalise, neighbours as channels (CPU or GPU path)."""
         pre = self.entry.preprocessing
@@ -212,7 +207,7 @@ def check_entry_file(entry: ModelEntryConfig) -> None:
     if not entry.file.is_file():
         raise PluginError(f"models entry {entry.name!r}: file {entry.file} does not exist")
     height, width = entry.preprocessing.size
-    channels = 2 * entry.preprocessing.context_slices + 1
+    channels = entry.preprocessing.channels
     if entry.is_onnx:
         import onnx
         from google.protobuf.message import DecodeError
@@ -253,7 +248,7 @@ def load_torchscript(entry: ModelEntryConfig) -> torch.nn.Module:
 def spec_for(entry: ModelEntryConfig) -> ModelSpec:
     """The :class:`ModelSpec` of one checked entry."""
     height, width = entry.preprocessing.size
-    channels = 2 * entry.preprocessing.context_slices + 1
+    channels = entry.preprocessing.channels
     return ModelSpec(
         name=entry.name,
         version=entry.version,
