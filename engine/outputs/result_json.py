@@ -19,7 +19,7 @@ def result_document(result: ModelResult, volume: Volume, spec: ModelSpec) -> dic
         **({"class_probabilities": result.class_probabilities} if result.class_probabilities else {}),
         "study_instance_uid": volume.series.study_uid,
         "series_instance_uid": volume.series.series_uid,
-        "volume": {"shape": list(volume.voxels.shape), "spacing_mm": list(volume.spacing)},
+        "volume": {"shape": list(volume.shape), "spacing_mm": list(volume.spacing)},
         "extra": result.extra,
     }
 

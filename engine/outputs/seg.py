@@ -39,9 +39,9 @@ class SegWriter:
     def write(self, result: ModelResult, volume: Volume, spec: ModelSpec) -> list[Artifact]:
         if result.label_map is None:
             return []
-        if result.label_map.shape != volume.voxels.shape:
+        if result.label_map.shape != volume.shape:
             raise PluginError(
-                f"model {spec.name!r}: label_map shape {result.label_map.shape} != volume {volume.voxels.shape}"
+                f"model {spec.name!r}: label_map shape {result.label_map.shape} != volume {volume.shape}"
             )
         if not volume.sources or any(frame != 1 for _, frame in volume.frames):
             raise PluginError(f"model {spec.name!r}: SEG needs single-frame source instances")

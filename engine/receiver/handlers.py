@@ -21,7 +21,7 @@ from engine.logs import get_logger
 from engine.receiver.audit import AuditTrail
 from engine.receiver.ledger import AddOutcome, DuplicatePolicy, Ledger
 from engine.receiver.parse import InstanceRejected, parse_instance, validate_uids
-from engine.receiver.spool import Spool, SpoolError, encode_file_meta
+from engine.receiver.spool import Spool, SpoolError, file_meta_bytes
 from engine.receiver.statuses import StoreStatus
 
 log = get_logger(__name__)
@@ -66,8 +66,8 @@ class StoreHandler:
         if len(raw) > self.max_instance_bytes:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
                                    f"instance of {len(raw)} bytes exceeds the cap of {self.max_instance_bytes}")
-        file_meta = event.file_meta
-        meta = parse_instance(raw, UID(file_meta.TransferSyntaxUID), self.max_instance_bytes, self.priority_tag)
+        transfer_syntax = UID(event.context.transfer_syntax)
+        meta = parse_instance(raw, transfer_syntax, self.max_instance_bytes, self.priority_tag)
         validate_uids(meta, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
         if self.max_study_bytes:
             held = self.ledger.study_bytes(meta.study_uid)
@@ -75,7 +75,8 @@ class StoreHandler:
                 raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
                                        f"study would hold {held + len(raw)} bytes, over the cap of {self.max_study_bytes}")
         try:
-            entry = self.spool.store(encode_file_meta(file_meta), raw)
+            entry = self.spool.store(file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
+                                                     transfer_syntax), raw)
         except SpoolError as exc:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES, str(exc)) from exc
         try:

@@ -12,25 +12,24 @@ to log (no patient data).
 from __future__ import annotations
 
 import functools
-import io
 import re
 import struct
 import zlib
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
+from engine.dicom_walk import MalformedDataset, walk_dataset
 from engine.receiver.ledger import InstanceMeta
 from engine.receiver.statuses import StoreStatus
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
-PIXEL_DATA = 0x7FE00010
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, PIXEL_DATA})
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_MAX_DEPTH = 32
+# What InstanceMeta and the pixel-size check read (by keyword), plus SpecificCharacterSet for the text values.
+HEADER_KEYWORDS = ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                   "Modality", "BodyPartExamined", "SeriesDescription", "InstanceNumber", "ImagePositionPatient",
+                   "ImageOrientationPatient", "ImagesInAcquisition", "NumberOfFrames", "Rows", "Columns",
+                   "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
+_HEADER_TAGS = frozenset(int(tag_for_keyword(keyword) or 0) for keyword in HEADER_KEYWORDS)
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
@@ -64,88 +63,6 @@ def inflate(raw: bytes, cap: int) -> bytes:
     return data
 
 
-class _Walker:
-    """Follows element headers through a dataset; lengths must fit and sequences must close."""
-
-    def __init__(self, data: bytes, implicit: bool, little: bool) -> None:
-        self.data = memoryview(data)
-        self.implicit = implicit
-        self.order = "<" if little else ">"
-        self.pixel_data_length: int | None = None
-        self.has_pixels = False
-
-    def _truncated(self, what: str, offset: int) -> InstanceRejected:
-        return InstanceRejected(StoreStatus.CANNOT_UNDERSTAND_TRUNCATED, f"dataset ends inside {what} at byte {offset}")
-
-    def _tag_and_length(self, pos: int) -> tuple[int, int]:
-        if pos + 8 > len(self.data):
-            raise self._truncated("an item header", pos)
-        group, element, length = struct.unpack_from(self.order + "HHL", self.data, pos)
-        return (group << 16) | element, length
-
-    def elements(self, pos: int, depth: int, in_item: bool, implicit: bool) -> int:
-        """Walk elements from ``pos`` to the end (top level) or to the item delimiter; returns the end."""
-        if depth > _MAX_DEPTH:
-            raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND, f"sequences nested deeper than {_MAX_DEPTH}")
-        end = len(self.data)
-        while pos < end:
-            if pos + 8 > end:
-                raise self._truncated("an element header", pos)
-            group, element = struct.unpack_from(self.order + "HH", self.data, pos)
-            tag = (group << 16) | element
-            if tag == _ITEM_END and in_item:
-                return pos + 8
-            if group == 0xFFFE:
-                raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND,
-                                       f"unexpected delimiter {BaseTag(tag)} at byte {pos}")
-            vr = b""
-            if implicit:
-                (length,) = struct.unpack_from(self.order + "L", self.data, pos + 4)
-                pos += 8
-            else:
-                vr = bytes(self.data[pos + 4:pos + 6])
-                if not (vr.isalpha() and vr.isupper()):
-                    raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND, f"invalid VR at byte {pos + 4}")
-                if vr in _LONG_VRS:
-                    if pos + 12 > end:
-                        raise self._truncated("an element header", pos)
-                    (length,) = struct.unpack_from(self.order + "L", self.data, pos + 8)
-                    pos += 12
-                else:
-                    (length,) = struct.unpack_from(self.order + "H", self.data, pos + 6)
-                    pos += 8
-            if depth == 0 and tag in _PIXEL_TAGS:
-                self.has_pixels = True
-                if tag == PIXEL_DATA:
-                    self.pixel_data_length = length
-            if length == UNDEFINED_LENGTH:
-                # An undefined-length UN holds an implicit VR little endian sequence (PS3.5 6.2.2).
-                pos = self.items(pos, depth + 1, implicit=implicit or vr == b"UN")
-            elif pos + length > end:
-                raise self._truncated(f"the value of {BaseTag(tag)}", pos)
-            else:
-                pos += length
-        if in_item:
-            raise self._truncated("an item without its delimiter", pos)
-        return pos
-
-    def items(self, pos: int, depth: int, implicit: bool) -> int:
-        """Walk the items of an undefined-length sequence (or encapsulated pixel data) to its delimiter."""
-        while True:
-            tag, length = self._tag_and_length(pos)
-            pos += 8
-            if tag == _SEQUENCE_END:
-                return pos
-            if tag != _ITEM:
-                raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND, f"expected an item at byte {pos - 8}")
-            if length == UNDEFINED_LENGTH:
-                pos = self.elements(pos, depth, in_item=True, implicit=implicit)
-            elif pos + length > len(self.data):
-                raise self._truncated("an item", pos)
-            else:
-                pos += length
-
-
 def _expected_native_pixel_bytes(ds: Dataset) -> int | None:
     try:
         rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
@@ -165,8 +82,14 @@ def needs_pixel_data(sop_class_uid: str) -> bool:
     return "Image Storage" in name or name.endswith("Volume Storage")
 
 
-def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) in _PIXEL_TAGS
+@functools.lru_cache(maxsize=16)
+def _header_tags(priority_tag: str) -> frozenset[int]:
+    """The top-level tags :func:`parse_instance` keeps: the header facts and the priority element, if any."""
+    if not priority_tag:
+        return _HEADER_TAGS
+    hex_tag = len(priority_tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in priority_tag)
+    tag = int(priority_tag, 16) if hex_tag else tag_for_keyword(priority_tag)
+    return _HEADER_TAGS | ({int(tag)} if tag is not None else set())
 
 
 def parse_instance(raw: bytes, transfer_syntax: UID, inflated_cap: int, priority_tag: str = "") -> InstanceMeta:
@@ -175,25 +98,28 @@ def parse_instance(raw: bytes, transfer_syntax: UID, inflated_cap: int, priority
     ``priority_tag`` names the element whose text orders the queue (``routing.priority_tag``).
     """
     body = inflate(raw, inflated_cap) if transfer_syntax.is_deflated else raw
-    implicit, little = transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian
-    walker = _Walker(body, implicit, little)
-    walker.elements(0, depth=0, in_item=False, implicit=implicit)
     try:
-        header = read_dataset(io.BytesIO(body), implicit, little, stop_when=_stop_at_pixels)
+        walked = walk_dataset(body, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian,
+                              keep=_header_tags(priority_tag))
+    except MalformedDataset as exc:
+        status = StoreStatus.CANNOT_UNDERSTAND_TRUNCATED if exc.truncated else StoreStatus.CANNOT_UNDERSTAND
+        raise InstanceRejected(status, exc.reason) from exc
+    header = walked.dataset()
+    try:
         meta = InstanceMeta.from_dataset(header, priority_tag)
     except ValueError as exc:
         raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND_HEADER, f"header cannot be read: {exc}") from exc
     except (EOFError, KeyError, struct.error, NotImplementedError) as exc:
         raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND,
                                f"dataset cannot be parsed ({type(exc).__name__})") from exc
-    if not walker.has_pixels and needs_pixel_data(meta.sop_class_uid):
+    if not walked.has_pixels and needs_pixel_data(meta.sop_class_uid):
         raise InstanceRejected(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                f"no pixel data in an instance of {UID(meta.sop_class_uid).name}")
-    if walker.pixel_data_length is not None and not transfer_syntax.is_encapsulated:
+    if walked.pixel_data_length is not None and not transfer_syntax.is_encapsulated:
         expected = _expected_native_pixel_bytes(header)
-        if expected is not None and walker.pixel_data_length < expected:
+        if expected is not None and walked.pixel_data_length < expected:
             raise InstanceRejected(StoreStatus.CANNOT_UNDERSTAND_TRUNCATED,
-                                   f"pixel data has {walker.pixel_data_length} bytes, the image needs {expected}")
+                                   f"pixel data has {walked.pixel_data_length} bytes, the image needs {expected}")
     return meta
 
 

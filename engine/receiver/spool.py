@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _HEX = frozenset("0123456789abcdef")
@@ -42,6 +44,36 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_file_meta_info(buffer, file_meta, enforce_standard=True)
     return buffer.getvalue()
+
+
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the file meta group (short or long length form)."""
+    tag = struct.pack("<HH", group_element >> 16, group_element & 0xFFFF)
+    if vr in (b"OB", b"UN", b"UT"):
+        return tag + vr + b"\x00\x00" + struct.pack("<L", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    data = text.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """The file meta group pynetdicom's ``event.file_meta`` describes, encoded directly.
+
+    Byte for byte what :func:`encode_file_meta` writes for that dataset, without
+    building and validating a pydicom dataset for every received instance.
+    """
+    body = b"".join((
+        _element(0x00020001, b"OB", b"\x00\x01"),
+        _element(0x00020002, b"UI", _padded(sop_class_uid, b"\x00")),
+        _element(0x00020003, b"UI", _padded(sop_instance_uid, b"\x00")),
+        _element(0x00020010, b"UI", _padded(transfer_syntax, b"\x00")),
+        _element(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _element(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+    ))
+    return _element(0x00020000, b"UL", struct.pack("<L", len(body))) + body
 
 
 def _fsync_dir(path: Path) -> None:

@@ -8,11 +8,14 @@ picked about 2.5 mm away whatever the slice spacing.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy import ndimage
 
 from engine.api import Finding, ModelResult, Volume
+from engine.components import components
 from engine.kernels.cpu import pad_to_multiple, resize_slices, run_slice_plan, spacing_to_size, window_normalise
 from engine.kernels.plan import Intensity, SlicePlan
 from plugins.nodule_seg.network import DEPTH_MULTIPLE, IN_CHANNELS
@@ -22,6 +25,7 @@ MODEL_PIXEL_MM = 1.4
 MODEL_SLICE_MM = 2.5
 SPACING_TOLERANCE = 0.05  # within 5 % of MODEL_PIXEL_MM the slices are used as they are
 THRESHOLD = 0.5
+THRESHOLD_LOGIT = math.log(THRESHOLD / (1.0 - THRESHOLD))
 MIN_NODULE_ML = 0.05  # smaller components are noise: half the smallest phantom nodule (3 mm radius, 0.11 ml)
 CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected components
 
@@ -85,25 +89,21 @@ class NoduleSegHandler:
         rows, cols = volume.shape[1:]
         height, width = working_size(volume)
         logits = torch.as_tensor(output).detach().to("cpu", torch.float32)[:, :, :height, :width]
-        logits = resize_slices(logits, (rows, cols))[:, 0]
-        probability = torch.sigmoid(logits).numpy()
-        labels, _ = ndimage.label(probability > THRESHOLD, structure=CONNECTIVITY)
+        logits = resize_slices(logits, (rows, cols))[:, 0].numpy()
         min_voxels = MIN_NODULE_ML / volume.voxel_volume_ml
-        mask = np.zeros(labels.shape, dtype=np.uint8)
+        mask = np.zeros(logits.shape, dtype=np.uint8)
         findings: list[Finding] = []
-        # Measure each component inside its bounding box only: whole-volume passes per statistic
-        # (scipy's center_of_mass/maximum) cost ~0.4 s on a 48 x 256 x 256 series; this costs ~0.05 s.
-        for index, box in enumerate(ndimage.find_objects(labels), start=1):
-            if box is None:
-                continue
-            region = labels[box] == index
+        # probability > THRESHOLD is logit > THRESHOLD_LOGIT (the sigmoid is monotonic): no sigmoid over the whole
+        # volume, and components are labelled only where there is foreground (engine.components).
+        for box, region in components(logits > THRESHOLD_LOGIT, CONNECTIVITY):
             size = int(region.sum())
             if size < min_voxels:
                 continue
             mask[box][region] = 1
             offset = np.array([axis.start for axis in box], dtype=float)
             centre = voxel_to_patient(volume, np.argwhere(region).mean(axis=0) + offset)[0]
-            findings.append(Finding(label="nodule", probability=round(float(probability[box][region].max()), 3),
+            probability = 1.0 / (1.0 + math.exp(-float(logits[box][region].max())))
+            findings.append(Finding(label="nodule", probability=round(probability, 3),
                                     volume_ml=round(size * volume.voxel_volume_ml, 3), voxel_count=size,
                                     centroid_mm=tuple(round(float(v), 1) for v in centre)))
         findings.sort(key=lambda f: -(f.volume_ml or 0.0))
