@@ -5,7 +5,7 @@ closed loop of 2 studies in flight (the worker's capacity) through
 ``scanstream serve`` with one worker (DICOM in, SEG out). Baseline, same run:
 the same studies decoded once in this process, then preprocess + backend +
 postprocess per study in a loop (no DICOM, no queue, no outputs), on the
-backend the worker chose. Figure: engine / bare ratio; goal >= 0.9.
+backend the worker chose and its heap setting. Figure: engine / bare ratio; goal >= 0.9.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from engine.config import WorkerConfig
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.selection import choose_backend, make_backend
 from engine.worker.decode import decode_series
+from engine.worker.heap import retain_freed_memory
 from plugins import nodule_seg
 
 GOAL = 0.9
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         result = bench(studies, concurrency=2, slices=slices, size=size, work_dir=Path(folder))
         engine_rate = result["summary"]["studies_per_s"]
         torch.set_num_threads(2)
+        retain_freed_memory()  # the worker's heap setting (engine.worker.heap), so both sides allocate alike
         bare_rate, backend = bare_loop(Path(folder) / "send", threads=2)
     ratio = engine_rate / bare_rate
     print(f"{studies} studies of {slices} slices {size}x{size}; bare loop on {backend}")

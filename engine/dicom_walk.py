@@ -67,7 +67,7 @@ class _Walker:
 
     def __init__(self, data: bytes | memoryview, implicit: bool, little: bool, keep: Container[int] | None,
                  *, group_only: int | None = None) -> None:
-        self.data = memoryview(data)
+        self.data = data if isinstance(data, bytes) else bytes(data)  # bytes slices are cheaper than a view's
         self.implicit = implicit
         self.little = little
         order = "<" if little else ">"
@@ -90,8 +90,6 @@ class _Walker:
 
     def _keep(self, tag: int, vr: bytes, length: int, start: int, stop: int, implicit: bool) -> None:
         """Index one top-level element whose value is ``data[start:stop]``."""
-        if self.keep is not None and tag not in self.keep:
-            return
         vr_text: str | None = (_VR_TEXT.get(vr) or vr.decode()) if vr else None
         if length == UNDEFINED_LENGTH and tag != PIXEL_DATA and (vr_text in (None, "UN", "SQ")):
             # An undefined-length UN holds an implicit VR little endian sequence (PS3.5 6.2.2); in implicit VR
@@ -99,14 +97,14 @@ class _Walker:
             vr_text, length = "SQ", stop - start
             implicit = implicit or vr == b"UN"
         key = BaseTag(tag)
-        self.found.elements[key] = RawDataElement(key, vr_text, length, bytes(self.data[start:stop]), start,
-                                                  implicit, self.little)
+        self.found.elements[key] = RawDataElement(key, vr_text, length, self.data[start:stop], start, implicit,
+                                                  self.little)
 
     def elements(self, pos: int, depth: int, in_item: bool, implicit: bool) -> int:
         """Walk elements from ``pos`` to the end (top level) or to the item delimiter; returns the end."""
         if depth > _MAX_DEPTH:
             raise MalformedDataset(f"sequences nested deeper than {_MAX_DEPTH}", truncated=False)
-        data, end = self.data, len(self.data)
+        data, end, keep = self.data, len(self.data), self.keep
         unpack_tag, unpack_long, unpack_short = self._tag.unpack_from, self._long.unpack_from, self._short.unpack_from
         while pos < end:
             if pos + 8 > end:
@@ -124,8 +122,8 @@ class _Walker:
                 (length,) = unpack_long(data, pos + 4)
                 pos += 8
             else:
-                vr = bytes(data[pos + 4:pos + 6])
-                if not (vr.isalpha() and vr.isupper()):
+                vr = data[pos + 4:pos + 6]
+                if vr not in _VR_TEXT and not (vr.isalpha() and vr.isupper()):
                     raise MalformedDataset(f"invalid VR at byte {pos + 4}", truncated=False)
                 if vr in _LONG_VRS:
                     if pos + 12 > end:
@@ -148,7 +146,7 @@ class _Walker:
             else:
                 pos += length
                 value_end = pos
-            if depth == 0:
+            if depth == 0 and (keep is None or tag in keep):
                 self._keep(tag, vr, length, start, value_end, implicit)
         if in_item:
             raise self._truncated("an item without its delimiter", pos)
@@ -172,13 +170,13 @@ class _Walker:
 
 
 def walk_dataset(data: bytes | memoryview, implicit: bool, little: bool,
-                 keep: Container[int] | None = None) -> WalkedDataset:
-    """Walk a whole dataset; keep the top-level elements whose tags are in ``keep`` (all when None).
+                 keep: Container[int] | None = None, start: int = 0) -> WalkedDataset:
+    """Walk the dataset in ``data[start:]``; keep the top-level elements whose tags are in ``keep`` (all when None).
 
     Raises :class:`MalformedDataset` when the bytes are cut or a header is wrong.
     """
     walker = _Walker(data, implicit, little, keep)
-    walker.found.end = walker.elements(0, depth=0, in_item=False, implicit=implicit)
+    walker.found.end = walker.elements(start, depth=0, in_item=False, implicit=implicit)
     return walker.found
 
 
@@ -199,23 +197,23 @@ def read_part10(blob: bytes | memoryview) -> Part10 | None:
     datasets, files without a preamble and anything this walk refuses are left
     to ``pydicom.dcmread`` (None).
     """
-    view = memoryview(blob)
-    if len(view) < _PREAMBLE_END + 12 or bytes(view[128:132]) != b"DICM":
+    data = blob if isinstance(blob, bytes) else bytes(blob)
+    if len(data) < _PREAMBLE_END + 12 or data[128:132] != b"DICM":
         return None
     try:
-        meta_walker = _Walker(view[_PREAMBLE_END:], implicit=False, little=True, keep=None, group_only=0x0002)
-        meta_end = _PREAMBLE_END + meta_walker.elements(0, depth=0, in_item=False, implicit=False)
+        meta_walker = _Walker(data, implicit=False, little=True, keep=None, group_only=0x0002)
+        meta_end = meta_walker.elements(_PREAMBLE_END, depth=0, in_item=False, implicit=False)
         syntax_element = meta_walker.found.elements.get(BaseTag(0x00020010))
         if syntax_element is None or not syntax_element.value:
             return None
         syntax = UID(syntax_element.value.decode("ascii", "replace").rstrip("\x00 "))
         if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
             return None
-        body = walk_dataset(view[meta_end:], syntax.is_implicit_VR, little=True)
+        body = walk_dataset(data, syntax.is_implicit_VR, little=True, start=meta_end)
     except MalformedDataset:
         return None
     file_meta = FileMetaDataset(meta_walker.found.elements)
-    dataset = FileDataset(io.BytesIO(), dict(body.elements), preamble=bytes(view[:128]), file_meta=file_meta,
+    dataset = FileDataset(io.BytesIO(), dict(body.elements), preamble=data[:128], file_meta=file_meta,
                           is_implicit_VR=syntax.is_implicit_VR, is_little_endian=True)
     dataset.set_original_encoding(syntax.is_implicit_VR, True, dataset._character_set)
     return Part10(dataset, body.elements, syntax)

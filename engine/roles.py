@@ -39,6 +39,7 @@ from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.runtime.base import BackendError
 from engine.runtime.export import ExportError
+from engine.worker.heap import retain_freed_memory
 from engine.worker.runner import JobRunner
 
 log = get_logger(__name__)
@@ -181,6 +182,8 @@ def worker_name(index: int = 0) -> str:
 
 def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: str | None = None) -> None:
     """One worker process: load plugins, connect to the broker, process jobs until ``stop``."""
+    if config.worker.retain_heap:
+        retain_freed_memory()
     plugins = load_plugins(config)
     runner = JobRunner(plugins, config.worker)
     try:

@@ -47,3 +47,12 @@ def install() -> bool:
         if getattr(module, "is_attribute_in_iod", None) is original:
             module.is_attribute_in_iod = replacement  # type: ignore[attr-defined]
     return True
+
+
+def preload_tables() -> None:
+    """Load highdicom's tables of the standard now (~0.6 s on first use), so a worker's first SEG or SR does not."""
+    standard = importlib.import_module(_MODULES[0])
+    for loader in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map"):
+        function = getattr(standard, loader, None)
+        if callable(function):
+            function()

@@ -213,8 +213,8 @@ def build_volume(datasets: Sequence[Dataset], series: SeriesInfo,
     if len(shapes) != 1:
         raise DecodeError(f"frames of different sizes in one series: {sorted(shapes)}")
     decoded = decoded or [_pixels(ds, i) for i, ds in enumerate(datasets)]
-    stacked = np.concatenate(decoded, axis=0)  # frames in source order
-    raw = stacked[order]
+    in_source_order = [frame for array in decoded for frame in array]  # views, no copy
+    raw = np.stack([in_source_order[i] for i in order])  # the one copy: frames ordered along the normal
     rescales = {(frames[i].slope, frames[i].intercept) for i in order}
     if len(rescales) == 1:
         stored, (slope, intercept) = raw, rescales.pop()

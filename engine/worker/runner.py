@@ -19,6 +19,7 @@ from engine.broker.worker_link import JobDone, JobFailed, JobOutcome, JobRequest
 from engine.config import WorkerConfig
 from engine.kernels.cuda import CudaUnavailable
 from engine.logs import get_logger
+from engine.outputs.highdicom_cache import preload_tables
 from engine.plugins import LoadedPlugins
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.base import Backend
@@ -57,7 +58,8 @@ class JobRunner:
 
     def warm_up(self, only: Sequence[str] = ()) -> None:
         """Choose and initialise the models' backends now (``only`` these when given: ``routing.models``),
-        so the first job does not pay for it."""
+        so the first job does not pay for it; the output writers' DICOM tables are loaded too."""
+        preload_tables()
         for spec in self._plugins.models.all():
             if not only or spec.name in only:
                 self._model(spec)
