@@ -111,6 +111,9 @@ class StorageConfig(_Section):
     min_free_bytes: int = Field(512 * 1024 * 1024, ge=0,
                                 description="below this much free space on the spool's disk, new associations are "
                                             "refused (A-ASSOCIATE-RJ 2,3,2); 0 turns the check off")
+    recent_cache_bytes: int = Field(256 * 1024 * 1024, ge=0,
+                                    description="the newest spool files kept in memory for the broker's leases "
+                                                "(the files on disk stay the record); 0 reads every file back")
 
     @property
     def spool_dir(self) -> Path:

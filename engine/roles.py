@@ -53,7 +53,7 @@ class ReceiverRole:
         storage.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.ledger = Ledger(storage.ledger_path)
-        self.spool = Spool(storage.spool_dir)
+        self.spool = Spool(storage.spool_dir, recent_bytes=storage.recent_cache_bytes)
         self.results = ResultStore(storage.results_dir)
         self.metrics = CollectorRegistry()
         self.histograms = StageHistograms(self.metrics)

@@ -21,6 +21,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from engine.receiver.recent import RecentFiles
+
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _HEX = frozenset("0123456789abcdef")
 
@@ -87,10 +89,11 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """A folder of instance files, ``<root>/<name[:2]>/<name>``."""
 
-    def __init__(self, root: Path, max_instance_bytes: int = 2**31 - 1) -> None:
+    def __init__(self, root: Path, max_instance_bytes: int = 2**31 - 1, recent_bytes: int = 0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_instance_bytes = max_instance_bytes
+        self.recent = RecentFiles(recent_bytes)  # the newest files' bytes, for the next read
 
     def path(self, name: str) -> Path:
         """Where the instance called ``name`` lives (names are validated: no path tricks)."""
@@ -110,10 +113,9 @@ class Spool:
             if not final.parent.is_dir():
                 final.parent.mkdir(exist_ok=True)
                 _fsync_dir(self.root)
+            data = b"".join((PREAMBLE, meta_bytes, dataset))
             with open(temp, "wb") as handle:
-                handle.write(PREAMBLE)
-                handle.write(meta_bytes)
-                handle.write(dataset)
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, final)
@@ -122,13 +124,16 @@ class Spool:
             temp.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
             raise SpoolError(f"spool write failed: {exc.strerror or exc}") from exc
-        size = len(PREAMBLE) + len(meta_bytes) + len(dataset)
+        self.recent.put(name, data)
+        size = len(data)
         return SpoolEntry(name=name, size=size, sha256=hashlib.sha256(dataset).hexdigest())
 
     def read(self, name: str) -> bytes:
-        """The whole Part-10 file."""
-        return self.path(name).read_bytes()
+        """The whole Part-10 file (from memory when it was stored recently)."""
+        path = self.path(name)
+        return self.recent.get(name) or path.read_bytes()
 
     def remove(self, name: str) -> None:
         """Delete an instance file (a duplicate, a replaced instance, or a store the ledger refused)."""
+        self.recent.discard(name)
         self.path(name).unlink(missing_ok=True)

@@ -113,3 +113,33 @@ def test_file_meta_bytes_equal_pydicoms_encoding_of_pynetdicoms_file_meta(syntax
     expected = encode_file_meta(create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=instance_uid,
                                                  transfer_syntax=syntax))
     assert file_meta_bytes(CTImageStorage, instance_uid, syntax) == expected
+
+
+def test_recent_files_keep_the_newest_within_the_budget() -> None:
+    from engine.receiver.recent import RecentFiles
+
+    recent = RecentFiles(budget_bytes=10)
+    recent.put("a", b"1234")
+    recent.put("b", b"5678")
+    recent.put("c", b"90ab")  # 12 bytes > 10: the oldest goes
+    assert recent.get("a") is None and recent.get("b") == b"5678" and recent.get("c") == b"90ab"
+    recent.put("big", b"x" * 11)  # larger than the whole budget: not kept, nothing dropped for it
+    assert recent.get("big") is None and recent.held_bytes == 8
+    recent.discard("b")
+    assert recent.get("b") is None and recent.held_bytes == 4
+
+
+def test_a_recently_stored_file_reads_from_memory_and_equals_the_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, recent_bytes=1 << 20)
+    entry = spool.store(file_meta(), b"dataset-bytes!")
+    assert spool.recent.get(entry.name) == spool.path(entry.name).read_bytes()
+    assert spool.read(entry.name) == spool.path(entry.name).read_bytes()
+    spool.remove(entry.name)
+    assert spool.recent.get(entry.name) is None and not spool.path(entry.name).exists()
+
+
+def test_without_a_budget_every_read_goes_to_the_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    entry = spool.store(file_meta(), b"dataset-bytes!")
+    assert spool.recent.get(entry.name) is None
+    assert spool.read(entry.name).endswith(b"dataset-bytes!")
