@@ -274,6 +274,16 @@ def _bold_if(value: int) -> str:
     return f"**{value}**" if value else str(value)
 
 
+CPU_PARTIES = (("receiver", "receiver (serve process)"), ("workers", "workers"),
+               ("modality", "modality simulator (this process and its storescu)"))
+
+
+def cpu_line(result: dict[str, Any]) -> str:
+    """CPU seconds per study of each party that was measured (see :mod:`engine.bench.cpu`), or ""."""
+    cpu = result.get("cpu_s_per_study") or {}
+    return ", ".join(f"{label} {cpu[key]:.3f} s" for key, label in CPU_PARTIES if cpu.get(key) is not None)
+
+
 def markdown_report(result: dict[str, Any]) -> str:
     """The report as Markdown: machine, settings, summary, latency table (ms), the plots."""
     summary, config, machine = result["summary"], result.get("config", {}), result.get("machine", {})
@@ -300,6 +310,9 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"| {summary['instances_per_s']:.1f} | {summary['mb_per_s']:.2f} | {_bold_if(split)} "
         f"| {_bold_if(lost)} | {_bold_if(failed)} | {_bold_if(send_errors)} |", "",
     ]
+    cpu = cpu_line(result)
+    if cpu:
+        lines += [f"CPU per study: {cpu}.", ""]
     if summary.get("failed_deliveries"):
         lines += [f"**Warning: {summary['failed_deliveries']} result deliveries to a destination failed.**", ""]
     if split + lost:
@@ -348,7 +361,8 @@ def terminal_table(result: dict[str, Any]) -> Table:
                         f"{count('lost', 'lost_series')}, {count('failed jobs', 'failed_jobs')}"
                         + (f", {count('failed deliveries', 'failed_deliveries')}"
                            if "sent_to_destination" in (result.get("latency_s") or {})
-                           or summary.get("failed_deliveries") else ""))
+                           or summary.get("failed_deliveries") else ""),
+                  caption=f"CPU per study: {cpu_line(result)}" if cpu_line(result) else None)
     for column in ("stage", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     latency = result.get("latency_s") or {}

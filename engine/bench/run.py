@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.bench.machine import describe_machine
+from engine.bench.cpu import CpuMeter
 from engine.bench.driver import Run, StudyOutcome, Target, run_closed, run_open
+from engine.bench.machine import describe_machine
 from engine.bench.report import latency_summary, stage_values
 from engine.bench.workload import Study, folder_templates, phantom_templates, prepare_studies
 from engine.config import WorkerConfig
@@ -87,11 +88,12 @@ def model_sections(settings: BenchSettings) -> dict[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Target, str]]:
-    """The engine to drive: one started here on free ports (``settings.start``), or the given address."""
+def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Target, str, int | None]]:
+    """The engine to drive: one started here on free ports (``settings.start``), or the given address;
+    with a description and the pid of the ``scanstream serve`` started here (None for a running engine)."""
     if not settings.start:
         yield Target(settings.host, settings.port, settings.aet, settings.http_url.rstrip("/"),
-                     sender=settings.sender), f"running engine at {settings.host}:{settings.port} ({settings.aet})"
+                     sender=settings.sender), f"running engine at {settings.host}:{settings.port} ({settings.aet})", None
         return
     from engine.testing import EngineProcess
 
@@ -107,7 +109,8 @@ def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Tar
                         f"{destinations[0]['port']}" if destinations else "")
         yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}",
                      sender=settings.sender), \
-            f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}{sends}"
+            f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}{sends}", \
+            engine.process.pid if engine.process is not None else None
 
 
 def workers_connected(target: Target) -> int:
@@ -170,12 +173,15 @@ def run_bench(settings: BenchSettings, progress: Callable[[], None] | None = Non
         studies, workload = prepare(settings, work_dir)
         if on_total is not None:
             on_total(len(studies))
-        target, engine = stack.enter_context(engine_target(settings, work_dir))
+        target, engine, engine_pid = stack.enter_context(engine_target(settings, work_dir))
         wait_for_workers(target, settings.workers if settings.start else 1, settings.timeout_s)
+        meter = CpuMeter(engine_pid)
+        meter.start()
         run = Run(settings.mode, settings.concurrency, settings.rate_per_s, settings.duration_s, settings.timeout_s,
                   settings.seed)
         drive = run_open if settings.mode == "open" else run_closed
         outcomes = drive(target, studies, run, progress or (lambda: None))
+        cpu = meter.stop()
     result: dict[str, Any] = {
         "benchmark": "scanstream-bench",
         "machine": describe_machine(),
@@ -183,6 +189,8 @@ def run_bench(settings: BenchSettings, progress: Callable[[], None] | None = Non
                    "studies": settings.studies, "duration_s": settings.duration_s, "workload": workload,
                    "engine": engine},
         "summary": summarise(outcomes),
+        "cpu_s_per_study": {party: (None if seconds is None else seconds / max(1, len(outcomes)))
+                            for party, seconds in cpu.items()},
         "studies": [o.as_dict() for o in sorted(outcomes, key=lambda o: o.first_sent)],
     }
     result["latency_s"] = latency_summary(stage_values(result))

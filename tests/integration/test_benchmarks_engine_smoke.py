@@ -11,7 +11,7 @@ from benchmarks import broker_queue, latency, overhead, receive_compare, scaling
 
 
 @pytest.mark.parametrize("module, keys", [
-    (overhead, {"engine_studies_per_s", "bare_studies_per_s", "ratio"}),
+    (overhead, {"engine_studies_per_s", "bare_studies_per_s", "ratio", "rounds"}),
     (latency, {"overhead_p50_s", "overhead_p99_s", "parts_p50_s"}),
     (scaling, {"studies_per_s", "ratio_2_over_1", "projection"}),
     (soak, {"rss_samples", "rss_growth_mb", "loss"}),
