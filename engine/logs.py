@@ -56,9 +56,25 @@ def get_logger(name: str) -> StructuredLogger:
     return StructuredLogger(name)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at each record, not the one at configuration.
+
+    A thread that logs while the process swaps ``sys.stderr`` (a test runner
+    capturing output, an embedding application) then writes to the live stream
+    instead of failing on a closed one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # under the handler's lock (Handler.handle holds it around emit)
+        super().emit(record)
+
+
 def configure_logging(level: str = "INFO", stream: Any = None) -> None:
-    """Send JSON lines to stderr at ``level``; quiet the DICOM libraries' chatter."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """Send JSON lines to ``stream`` (the current stderr when None) at ``level``; quiet the DICOM libraries."""
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
