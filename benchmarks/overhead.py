@@ -28,7 +28,7 @@ from engine.config import WorkerConfig
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.selection import choose_backend, make_backend
 from engine.worker.decode import decode_series
-from engine.worker.heap import retain_freed_memory
+from engine.memory import retain_freed_memory
 from plugins import nodule_seg
 
 GOAL = 0.9
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments.parse_args(argv)
     studies, slices, size = (2, 12, 64) if args.quick else (args.studies, 48, 256)
     rounds = 1 if args.quick else max(1, args.rounds)
-    retain_freed_memory()  # the worker's heap setting (engine.worker.heap), so both sides allocate alike
+    retain_freed_memory()  # the worker's heap setting (engine.memory), so both sides allocate alike
     measured = [one_round(studies, slices, size) for _ in range(rounds)]
     ratios = [engine / bare for engine, bare, _, _ in measured]
     ratio = float(np.median(ratios))

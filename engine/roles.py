@@ -39,7 +39,7 @@ from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.runtime.base import BackendError
 from engine.runtime.export import ExportError
-from engine.worker.heap import retain_freed_memory
+from engine.memory import freeze_startup_objects, retain_freed_memory
 from engine.worker.runner import JobRunner
 
 log = get_logger(__name__)
@@ -159,6 +159,7 @@ class ReceiverRole:
         self.http.start()
         self.scp.start()
         self._started = True
+        freeze_startup_objects()
         log.info("receiver.started", ae_title=self.config.receiver.ae_title, port=self.scp.port,
                  tls_port=self.scp.tls_port, broker=self.broker.bound_address, http_port=self.http.port,
                  requeued_jobs=requeued)
@@ -192,6 +193,7 @@ def run_worker(config: EngineConfig, broker: str, stop: threading.Event, name: s
         log.error("worker.model_unavailable", reason=str(error), backend=config.worker.backend,
                   device=config.worker.device)
         raise SystemExit(2) from error
+    freeze_startup_objects()
     try:
         link = WorkerLink(
             broker,
