@@ -24,6 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from engine.api import SeriesInfo
+from engine.dicom_values import RawHeader
 from engine.latency import JobTimeline
 from engine.receiver.spool import SpoolEntry
 
@@ -80,6 +81,8 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
+Header = Dataset | RawHeader  # a parsed header, or the receiver's raw-element view of one
+
 
 class LedgerError(Exception):
     """The ledger file cannot be used (written by a newer ScanStream, or not a ledger)."""
@@ -108,19 +111,19 @@ class AddResult:
     reopened: bool = False
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: Header, keyword: str) -> str:
     value = ds.get(keyword)
     return "" if value is None else str(value)
 
 
-def _number(ds: Dataset, keyword: str) -> int | None:
+def _number(ds: Header, keyword: str) -> int | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
     return int(value)
 
 
-def _priority_text(ds: Dataset, tag: str) -> str:
+def _priority_text(ds: Header, tag: str) -> str:
     """The stripped upper-case text of the priority element, "" when not configured or absent."""
     if not tag:
         return ""
@@ -130,7 +133,7 @@ def _priority_text(ds: Dataset, tag: str) -> str:
     return "" if value is None else str(value).strip().upper()[:64]
 
 
-def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+def _floats(ds: Header, keyword: str, count: int) -> tuple[float, ...] | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
@@ -159,7 +162,7 @@ class InstanceMeta:
     priority_value: str = ""
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, priority_tag: str = "") -> "InstanceMeta":
+    def from_dataset(cls, ds: Header, priority_tag: str = "") -> "InstanceMeta":
         """Read the facts from a (header-only) dataset; a malformed number raises ValueError.
 
         A missing UID reads as "" (the caller's UID check refuses it). ``priority_tag``

@@ -20,6 +20,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from engine.dicom_values import RawHeader
 from engine.dicom_walk import MalformedDataset, walk_dataset
 from engine.receiver.ledger import InstanceMeta
 from engine.receiver.statuses import StoreStatus
@@ -63,7 +64,7 @@ def inflate(raw: bytes, cap: int) -> bytes:
     return data
 
 
-def _expected_native_pixel_bytes(ds: Dataset) -> int | None:
+def _expected_native_pixel_bytes(ds: Dataset | RawHeader) -> int | None:
     try:
         rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -104,7 +105,7 @@ def parse_instance(raw: bytes, transfer_syntax: UID, inflated_cap: int, priority
     except MalformedDataset as exc:
         status = StoreStatus.CANNOT_UNDERSTAND_TRUNCATED if exc.truncated else StoreStatus.CANNOT_UNDERSTAND
         raise InstanceRejected(status, exc.reason) from exc
-    header = walked.dataset()
+    header = RawHeader(walked.elements)
     try:
         meta = InstanceMeta.from_dataset(header, priority_tag)
     except ValueError as exc:

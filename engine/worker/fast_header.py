@@ -12,7 +12,6 @@ and the caller reads the instance through pydicom, which also words the errors.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from engine.dicom_values import NOT_PLAIN, plain_value
 from engine.dicom_walk import PIXEL_DATA, Part10
 
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
@@ -68,19 +68,22 @@ def _unsigned(elements: dict[BaseTag, RawDataElement], tag: BaseTag, default: in
     raw = elements.get(tag)
     if raw is None or not raw.value:
         return default
-    if len(raw.value) != 2:
-        raise ValueError(f"{tag} is not one US value")
-    return int(struct.unpack("<H", raw.value)[0])
+    value = plain_value(raw)
+    if not isinstance(value, int):
+        raise ValueError(f"{tag} is not one unsigned value")
+    return value
 
 
 def _decimals(elements: dict[BaseTag, RawDataElement], tag: BaseTag, count: int) -> tuple[float, ...] | None:
     raw = elements.get(tag)
     if raw is None:
         return None
-    text = raw.value.decode("ascii").strip(" \x00") if raw.value else ""
-    if not text:
+    value = plain_value(raw)
+    if value is NOT_PLAIN:
+        raise ValueError(f"{tag} is not plain")
+    if value is None or value == "":
         return None
-    values = tuple(float(part) for part in text.split("\\"))
+    values = tuple(float(v) for v in (value if isinstance(value, list) else [value]))
     if len(values) != count:
         raise ValueError(f"{tag} has {len(values)} values, {count} expected")
     return values
@@ -112,5 +115,5 @@ def fast_instance(part10: Part10) -> FastInstance | None:
         intercept = (_decimals(elements, INTERCEPT, 1) or (0.0,))[0] or 0.0
         return FastInstance(position=position, orientation=_decimals(elements, ORIENTATION, 6),  # type: ignore[arg-type]
                             spacing=spacing, slope=slope, intercept=intercept, pixels=pixels)  # type: ignore[arg-type]
-    except (ValueError, UnicodeDecodeError, struct.error):
+    except ValueError:
         return None
