@@ -18,6 +18,7 @@ import torch
 
 from engine import hookimpl
 from engine.api import Finding, ImageRegion, ModelRegistry, ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
+from engine.boxes import pairwise_iou
 from engine.config import EngineConfig
 from engine.config_entries import ModelEntryConfig
 from engine.kernels.cpu import resize_slices, run_slice_plan
@@ -54,12 +55,10 @@ class EntrySelector:
         return max(series.instance_count, series.frame_count) >= rule.min_slices
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two corner boxes (:func:`engine.boxes.pairwise_iou` of one box each)."""
+    return float(pairwise_iou(torch.as_tensor(a, dtype=torch.float64)[None],
+                              torch.as_tensor(b, dtype=torch.float64)[None])[0, 0])
 
 
 class EntryHandler:
@@ -137,7 +136,7 @@ class EntryHandler:
                 box = np.clip(np.array([x0, y0, x1, y1]) * scale, 0, [cols, rows, cols, rows])
                 label = self.entry.labels[min(max(int(cls), 0), len(self.entry.labels) - 1)]
                 track = next((t for t in open_tracks if t["label"] == label and t["last"] == slice_index - 1
-                              and _box_iou(t["boxes"][-1][1], box) >= MERGE_IOU
+                              and _iou(t["boxes"][-1][1], box) >= MERGE_IOU
                               and not any(t is s for s in still_open)), None)
                 if track is None:
                     track = {"label": label, "boxes": [], "score": 0.0}

@@ -1,4 +1,4 @@
-"""Anchors, SSD box encoding, anchor-to-truth matching and non-maximum suppression, all vectorised in torch.
+"""Anchors, SSD box encoding and anchor-to-truth matching, vectorised in torch; IoU and NMS from :mod:`engine.boxes`.
 
 Boxes are (x_min, y_min, x_max, y_max) in continuous pixel coordinates of the
 image they live on: pixel (row r, column c) covers [c, c + 1] x [r, r + 1], so
@@ -7,8 +7,7 @@ pixel centres sit at integer + 0.5, the DICOM SCOORD convention of
 
 Training matches anchors to truth boxes with :func:`match_anchors` and regresses
 :func:`encode`'d offsets; the handler inverts them with :func:`decode` and
-prunes overlapping boxes with :func:`nms` / :func:`batched_nms`. torchvision is
-not a dependency, so NMS lives here.
+prunes overlapping boxes with :func:`batched_nms` (the engine's NMS per slice).
 """
 
 from __future__ import annotations
@@ -17,6 +16,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from engine.boxes import box_area, nms, pairwise_iou
+
+box_iou = pairwise_iou  # the name this plugin's modules and tests use
+
+__all__ = ["AnchorLevel", "IGNORE", "NEGATIVE", "POSITIVE", "VARIANCES", "batched_nms", "box_area", "box_iou", "decode",
+           "encode", "grid_anchors", "match_anchors", "nms"]
 
 VARIANCES = (0.1, 0.2)  # SSD's: centre offsets in units of 0.1 anchor sizes, log sizes in units of 0.2
 MAX_LOG_SIZE = math.log(1000.0 / 16)  # decode clamps log width/height offsets so exp() cannot overflow
@@ -58,20 +64,6 @@ def grid_anchors(height: int, width: int, levels: tuple[AnchorLevel, ...]) -> to
         half = size / 2
         parts.append(torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1).reshape(-1, 4))
     return torch.cat(parts)
-
-
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Areas of (..., 4) boxes; degenerate boxes have area 0."""
-    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Intersection over union of every box in ``a`` (N, 4) with every box in ``b`` (M, 4): (N, M)."""
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,32 +122,7 @@ def match_anchors(anchors: torch.Tensor, truth: torch.Tensor, ignored: torch.Ten
     return labels, index
 
 
-def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression: indices of the kept boxes, highest score first.
-
-    A box is dropped when it overlaps a higher-scoring kept box by more than
-    ``iou_threshold``. The IoU matrix is computed once; the loop visits each box
-    once with a vectorised row update, as torchvision's CPU kernel does.
-    """
-    if not len(boxes):
-        return torch.zeros(0, dtype=torch.long)
-    order = scores.argsort(descending=True, stable=True)
-    overlaps = (box_iou(boxes[order], boxes[order]) > iou_threshold).numpy()
-    keep = torch.ones(len(order), dtype=torch.bool).numpy()
-    for i in range(len(order)):
-        if keep[i]:
-            keep[i + 1:] &= ~overlaps[i, i + 1:]
-    return order[torch.from_numpy(keep)]
-
-
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """:func:`nms` within each group (e.g. slice) at once: boxes of different groups never suppress each other.
-
-    Each group's boxes are shifted by a distinct offset larger than every box
-    coordinate, so boxes of different groups cannot overlap.
-    """
-    if not len(boxes):
-        return torch.zeros(0, dtype=torch.long)
-    span = float(boxes.max() - boxes.min()) + 1.0
-    shifted = boxes - boxes.min() + (groups.to(boxes.dtype) * span)[:, None]
-    return nms(shifted, scores, iou_threshold)
+    """:func:`engine.boxes.nms` within each group (e.g. slice) at once: boxes of different groups never suppress
+    each other."""
+    return nms(boxes, scores, iou_threshold, classes=groups)
