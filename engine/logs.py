@@ -81,4 +81,22 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     root.setLevel(level.upper())
     for chatty in ("pynetdicom", "highdicom"):  # per-PDU / per-module chatter, with UIDs
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    silence_value_warnings()
     logging.Formatter.converter = time.gmtime
+
+
+def silence_value_warnings() -> None:
+    """Stop pydicom quoting DICOM values (a patient's name, a birth date) in warnings and log lines.
+
+    pydicom checks every value it reads or writes and, in its default mode,
+    only warns, with the value in the message, through both ``warnings`` (raw
+    stderr) and its logger (this log). Engine processes never act on those
+    warnings, so value checking is off there and the ``pydicom`` logger passes
+    errors only; what the engine writes is checked for conformance by its tests
+    (pydicom round trips, highdicom, dciodvfy), which keep pydicom's default.
+    """
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
