@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -67,14 +68,22 @@ def bare_loop(folder: Path, threads: int, spec: ModelSpec | None = None) -> tupl
     return len(volumes) / (time.perf_counter() - start), backend.describe()
 
 
-def one_round(studies: int, slices: int, size: int) -> tuple[float, float, str, dict]:
-    """One engine run, then the bare loop over the studies it sent: (engine studies/s, bare studies/s, backend,
-    the engine run's result)."""
+class Round(NamedTuple):
+    """One engine run and the bare loop after it."""
+
+    engine: float  # studies/s
+    bare: float  # studies/s
+    backend: str
+    result: dict  # the engine run's bench result
+
+
+def one_round(studies: int, slices: int, size: int) -> Round:
+    """One engine run, then the bare loop over the studies it sent."""
     with tempfile.TemporaryDirectory(prefix="ss-overhead-") as folder:
         result = bench(studies, concurrency=2, slices=slices, size=size, work_dir=Path(folder))
         torch.set_num_threads(2)
         bare_rate, backend = bare_loop(Path(folder) / "send", threads=2)
-    return result["summary"]["studies_per_s"], bare_rate, backend, result
+    return Round(result["summary"]["studies_per_s"], bare_rate, backend, result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,26 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 1 if args.quick else max(1, args.rounds)
     retain_freed_memory()  # the worker's heap setting (engine.memory), so both sides allocate alike
     measured = [one_round(studies, slices, size) for _ in range(rounds)]
-    ratios = [engine / bare for engine, bare, _, _ in measured]
+    ratios = [r.engine / r.bare for r in measured]
     ratio = float(np.median(ratios))
-    backend = measured[-1][2]
+    backend, last = measured[-1].backend, measured[-1].result
     print(f"{studies} studies of {slices} slices {size}x{size}; bare loop on {backend}; {rounds} round(s), "
           "each the engine then the bare loop")
-    rows = [[f"round {index}", engine, bare, engine / bare] for index, (engine, bare, _, _) in enumerate(measured, 1)]
+    rows = [[f"round {index}", r.engine, r.bare, r.engine / r.bare] for index, r in enumerate(measured, 1)]
     print_table(["round", "engine studies/s", "bare studies/s", "engine / bare"],
                 rows + [["median", "", "", ratio]])
-    cpu = cpu_line(measured[-1][3])
+    cpu = cpu_line(last)
     if cpu:
         print(f"CPU per study in the last engine run: {cpu}")
     print(f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}")
     write_result(args.out, "overhead", {"quick": args.quick, "studies": studies, "slices": slices, "size": size,
-                                        "rounds": [{"engine_studies_per_s": engine, "bare_studies_per_s": bare,
-                                                    "ratio": engine / bare} for engine, bare, _, _ in measured],
-                                        "engine_studies_per_s": float(np.median([m[0] for m in measured])),
-                                        "bare_studies_per_s": float(np.median([m[1] for m in measured])),
+                                        "rounds": [{"engine_studies_per_s": r.engine, "bare_studies_per_s": r.bare,
+                                                    "ratio": r.engine / r.bare} for r in measured],
+                                        "engine_studies_per_s": float(np.median([r.engine for r in measured])),
+                                        "bare_studies_per_s": float(np.median([r.bare for r in measured])),
                                         "ratio": ratio, "goal": GOAL, "backend": backend,
-                                        "engine_latency_s": measured[-1][3]["latency_s"],
-                                        "engine_cpu_s_per_study": measured[-1][3].get("cpu_s_per_study")})
+                                        "engine_latency_s": last["latency_s"],
+                                        "engine_cpu_s_per_study": last.get("cpu_s_per_study")})
     return 0
 
 

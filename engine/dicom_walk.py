@@ -23,7 +23,7 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -56,10 +56,6 @@ class WalkedDataset:
     has_pixels: bool = False
     pixel_data_length: int | None = None
     end: int = 0
-
-    def dataset(self) -> Dataset:
-        """The kept elements as a dataset (values converted by pydicom on first access)."""
-        return Dataset(self.elements)
 
 
 class _Walker:

@@ -349,7 +349,7 @@ def write_report(result: dict[str, Any], folder: Path) -> list[Path]:
 
 def terminal_table(result: dict[str, Any]) -> Table:
     """Summary (title) and per-stage percentiles in ms (rows) for the terminal; bad counts in red."""
-    summary = result["summary"]
+    summary, cpu = result["summary"], cpu_line(result)
 
     def count(name: str, key: str) -> str:
         value = int(summary.get(key, 0))
@@ -362,7 +362,7 @@ def terminal_table(result: dict[str, Any]) -> Table:
                         + (f", {count('failed deliveries', 'failed_deliveries')}"
                            if "sent_to_destination" in (result.get("latency_s") or {})
                            or summary.get("failed_deliveries") else ""),
-                  caption=f"CPU per study: {cpu_line(result)}" if cpu_line(result) else None)
+                  caption=f"CPU per study: {cpu}" if cpu else None)
     for column in ("stage", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     latency = result.get("latency_s") or {}

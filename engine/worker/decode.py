@@ -66,14 +66,6 @@ def read_instance(blob: bytes | memoryview, index: int = 0) -> Part10 | Dataset:
         raise DecodeError(f"instance {index} of the series is not readable DICOM: {exc}") from exc
 
 
-def read_datasets(payload: Sequence[bytes | memoryview]) -> list[Dataset]:
-    """Parse each Part-10 file (pixels stay encoded until asked for)."""
-    datasets = [_dataset(read_instance(blob, index)) for index, blob in enumerate(payload)]
-    if not datasets:
-        raise DecodeError("the series has no instances")
-    return datasets
-
-
 def _dataset(read: Part10 | Dataset) -> Dataset:
     return read.dataset if isinstance(read, Part10) else read
 

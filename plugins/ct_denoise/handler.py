@@ -16,18 +16,13 @@ import torch
 from engine.api import ModelResult, Volume
 from engine.kernels.cpu import run_slice_plan
 from engine.kernels.plan import Intensity, SlicePlan
+from plugins.chest_ct import neighbour_step
 from plugins.ct_denoise.network import DEPTH_MULTIPLE, IN_CHANNELS
 
 HU_RANGE = (-1024.0, 1024.0)
 HU_SCALE = 512.0  # network units: HU / 512, so HU_RANGE maps onto [-2, 2]
-MODEL_SLICE_MM = 2.5  # the training phantoms' slice spacing: neighbours are picked about this far apart
 NOISE_BLOCK = 8  # pixels: the side of the square blocks the noise is measured in
 NOISE_TISSUE_HU = (-150.0, 150.0)  # blocks of fat / soft tissue (mean HU in range) are the homogeneous region
-
-
-def neighbour_step(volume: Volume) -> int:
-    """How many slices apart the neighbours are: about :data:`MODEL_SLICE_MM`, at least one."""
-    return max(1, int(round(MODEL_SLICE_MM / max(volume.spacing[0], 1e-3))))
 
 
 def intensity(slope: float = 1.0, intercept: float = 0.0) -> Intensity:

@@ -26,22 +26,16 @@ import torch.nn.functional as F
 from engine.api import Finding, ModelResult, Volume
 from engine.kernels.cpu import run_slice_plan
 from engine.kernels.plan import Intensity, SlicePlan
+from plugins.chest_ct import LUNG_WINDOW_HU, neighbour_step
 from plugins.nodule_cls.network import CT_IN_CHANNELS, CT_SIZE, DX_SIZE
 
 LABEL = "nodule"
-LUNG_WINDOW_HU = (-1000.0, 400.0)
-MODEL_SLICE_MM = 2.5  # the neighbours are about this far apart, whatever the slice spacing
 CT_THRESHOLD = 0.5  # decision threshold on the study probability (max over slices)
 DX_THRESHOLD = 0.5  # decision threshold on the radiograph's probability
 DX_PERCENTILES = (1.0, 99.0)
 LOCAL_SIGMA_PX = 6.0  # local contrast against a blur of about 8 mm (6 input pixels) on a chest
 LOCAL_GAIN = 10.0  # a nodule of 0.02-0.07 of the range becomes 0.2-0.7
 PERCENTILE_STEP = 4  # percentiles from every 4th pixel each way: the same to a grey level, 16x less work
-
-
-def neighbour_step(volume: Volume) -> int:
-    """How many slices apart the neighbours are: about :data:`MODEL_SLICE_MM`, at least one."""
-    return max(1, int(round(MODEL_SLICE_MM / max(volume.spacing[0], 1e-3))))
 
 
 def _probabilities(output: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -15,37 +15,20 @@ import numpy as np
 import torch
 
 from engine.api import Finding, ImageRegion, ModelResult, Volume
-from engine.kernels.cpu import run_slice_plan, spacing_to_size
+from engine.kernels.cpu import run_slice_plan
 from engine.kernels.plan import Intensity, SlicePlan
 from engine.logs import get_logger
+from plugins.chest_ct import LUNG_WINDOW_HU, neighbour_step, working_size
 from plugins.nodule_det.boxes import batched_nms, decode, grid_anchors
 from plugins.nodule_det.grouping import SliceBox, group_detections
 from plugins.nodule_det.network import IN_CHANNELS, LEVELS, SHAPE_MULTIPLE
 
 log = get_logger(__name__)
 
-LUNG_WINDOW_HU = (-1000.0, 400.0)
-MODEL_PIXEL_MM = 1.4
-MODEL_SLICE_MM = 2.5
-SPACING_TOLERANCE = 0.05  # within 5 % of MODEL_PIXEL_MM the slices are used as they are
 SCORE_THRESHOLD = 0.3  # per-anchor score for a box to enter NMS and grouping
 NMS_IOU = 0.3  # nodules never overlap in-plane, so overlapping boxes on a slice are duplicates
 FINDING_THRESHOLD = 0.5  # a group becomes a finding when its best box scores at least this
 MAX_CANDIDATES = 2000  # boxes entering NMS per series, best scores first (a bound on NMS cost)
-
-
-def working_size(volume: Volume) -> tuple[int, int]:
-    """In-plane (rows, cols) the network sees: resampled to :data:`MODEL_PIXEL_MM` unless already close."""
-    rows, cols = volume.shape[1:]
-    _, row_mm, col_mm = volume.spacing
-    if all(abs(mm / MODEL_PIXEL_MM - 1.0) <= SPACING_TOLERANCE for mm in (row_mm, col_mm)):
-        return int(rows), int(cols)
-    return spacing_to_size((rows, cols), (row_mm, col_mm), (MODEL_PIXEL_MM, MODEL_PIXEL_MM))
-
-
-def neighbour_step(volume: Volume) -> int:
-    """How many slices apart the neighbours are: about :data:`MODEL_SLICE_MM`, at least one."""
-    return max(1, int(round(MODEL_SLICE_MM / max(volume.spacing[0], 1e-3))))
 
 
 def detection_plan(volume: Volume, context_radius: int = IN_CHANNELS // 2) -> SlicePlan:

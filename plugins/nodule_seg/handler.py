@@ -16,32 +16,15 @@ from scipy import ndimage
 
 from engine.api import Finding, ModelResult, Volume
 from engine.components import components
-from engine.kernels.cpu import pad_to_multiple, resize_slices, run_slice_plan, spacing_to_size, window_normalise
+from engine.kernels.cpu import pad_to_multiple, resize_slices, run_slice_plan, window_normalise
 from engine.kernels.plan import Intensity, SlicePlan
+from plugins.chest_ct import LUNG_WINDOW_HU, neighbour_step, working_size
 from plugins.nodule_seg.network import DEPTH_MULTIPLE, IN_CHANNELS
 
-LUNG_WINDOW_HU = (-1000.0, 400.0)
-MODEL_PIXEL_MM = 1.4
-MODEL_SLICE_MM = 2.5
-SPACING_TOLERANCE = 0.05  # within 5 % of MODEL_PIXEL_MM the slices are used as they are
 THRESHOLD = 0.5
 THRESHOLD_LOGIT = math.log(THRESHOLD / (1.0 - THRESHOLD))
 MIN_NODULE_ML = 0.05  # smaller components are noise: half the smallest phantom nodule (3 mm radius, 0.11 ml)
 CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected components
-
-
-def working_size(volume: Volume) -> tuple[int, int]:
-    """In-plane (rows, cols) the network sees: resampled to :data:`MODEL_PIXEL_MM` unless already close."""
-    rows, cols = volume.shape[1:]
-    _, row_mm, col_mm = volume.spacing
-    if all(abs(mm / MODEL_PIXEL_MM - 1.0) <= SPACING_TOLERANCE for mm in (row_mm, col_mm)):
-        return int(rows), int(cols)
-    return spacing_to_size((rows, cols), (row_mm, col_mm), (MODEL_PIXEL_MM, MODEL_PIXEL_MM))
-
-
-def neighbour_step(volume: Volume) -> int:
-    """How many slices apart the neighbours are: about :data:`MODEL_SLICE_MM`, at least one."""
-    return max(1, int(round(MODEL_SLICE_MM / max(volume.spacing[0], 1e-3))))
 
 
 def preprocess_volume(voxels: np.ndarray | torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

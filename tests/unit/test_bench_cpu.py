@@ -14,10 +14,12 @@ from engine.bench.cpu import CpuMeter, children, cpu_seconds
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
 
 
-def burn(seconds: float) -> None:
-    end = time.process_time() + seconds
+def burn(seconds: float) -> int:
+    """Spend ``seconds`` of CPU in this thread; returns a count so the loop does work."""
+    end, loops = time.process_time() + seconds, 0
     while time.process_time() < end:
-        pass
+        loops += 1
+    return loops
 
 
 def test_the_engine_process_and_this_side_are_counted() -> None:

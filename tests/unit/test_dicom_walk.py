@@ -18,6 +18,7 @@ from pydicom.uid import (
 from tests.unit.factories import ct_slice
 
 from engine.api import SeriesInfo
+from engine.dicom_values import RawHeader
 from engine.dicom_walk import MalformedDataset, read_part10, walk_dataset
 from engine.phantom import generate_ct_phantom, write_ct_series
 from engine.worker.decode import build_volume, decode_series
@@ -101,7 +102,7 @@ def test_walk_keeps_only_the_tags_asked_for_but_reports_pixels() -> None:
     walked = walk_dataset(body, implicit=False, little=True, keep={0x00080060, 0x00200032})
     assert set(walked.elements) == {0x00080060, 0x00200032}
     assert walked.has_pixels and walked.pixel_data_length == 4 * 4 * 2
-    assert walked.dataset().Modality == "CT"
+    assert RawHeader(walked.elements).get("Modality") == "CT"
 
 
 def test_fast_volume_equals_the_pydicom_volume(tmp_path: Path) -> None:
