@@ -21,6 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from engine.dicom_encode import element, padded, uid_element
 from engine.receiver.recent import RecentFiles
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -48,19 +49,6 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
     return buffer.getvalue()
 
 
-def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element of the file meta group (short or long length form)."""
-    tag = struct.pack("<HH", group_element >> 16, group_element & 0xFFFF)
-    if vr in (b"OB", b"UN", b"UT"):
-        return tag + vr + b"\x00\x00" + struct.pack("<L", len(value)) + value
-    return tag + vr + struct.pack("<H", len(value)) + value
-
-
-def _padded(text: str, pad: bytes) -> bytes:
-    data = text.encode("ascii")
-    return data + pad if len(data) % 2 else data
-
-
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """The file meta group pynetdicom's ``event.file_meta`` describes, encoded directly.
 
@@ -68,14 +56,14 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: 
     building and validating a pydicom dataset for every received instance.
     """
     body = b"".join((
-        _element(0x00020001, b"OB", b"\x00\x01"),
-        _element(0x00020002, b"UI", _padded(sop_class_uid, b"\x00")),
-        _element(0x00020003, b"UI", _padded(sop_instance_uid, b"\x00")),
-        _element(0x00020010, b"UI", _padded(transfer_syntax, b"\x00")),
-        _element(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-        _element(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        element(0x00020001, b"OB", b"\x00\x01"),
+        uid_element(0x00020002, sop_class_uid),
+        uid_element(0x00020003, sop_instance_uid),
+        uid_element(0x00020010, transfer_syntax),
+        uid_element(0x00020012, PYNETDICOM_IMPLEMENTATION_UID),
+        element(0x00020013, b"SH", padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
     ))
-    return _element(0x00020000, b"UL", struct.pack("<L", len(body))) + body
+    return element(0x00020000, b"UL", struct.pack("<L", len(body))) + body
 
 
 def _fsync_dir(path: Path) -> None:

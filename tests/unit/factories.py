@@ -8,6 +8,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from engine.api import ModelSpec
+
 
 def ct_slice(z: float, value: int, orientation=(1, 0, 0, 0, 1, 0), slope: float = 1.0,
              intercept: float = -1024.0, number: int = 1, size: int = 4, study_uid: str | None = None,
@@ -51,3 +53,19 @@ def ct_slice(z: float, value: int, orientation=(1, 0, 0, 0, 1, 0), slope: float 
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+class _IdleHandler:
+    """A model handler for tests of what comes after the network: it is never asked to run."""
+
+    def preprocess(self, volume):
+        return volume
+
+    def postprocess(self, output, volume):
+        raise AssertionError("the writers' tests never run the network")
+
+
+def writer_spec(name: str, version: str, **options) -> ModelSpec:
+    """A registered-looking model for output-writer tests (its network and handler never run)."""
+    return ModelSpec(name=name, version=version, description="", selector=lambda series: True,
+                     load_network=lambda: None, handler=_IdleHandler(), **options)

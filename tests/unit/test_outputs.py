@@ -9,27 +9,17 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 from pydicom.uid import CTImageStorage, generate_uid
 
-from engine.api import Finding, ModelResult, ModelSpec, PluginError, SeriesInfo
+from engine.api import Finding, ModelResult, PluginError, SeriesInfo
 from engine.outputs.result_json import ResultJsonWriter
 from engine.outputs.seg import SegWriter
 from engine.outputs.uids import derived_uid
 from engine.worker.decode import decode_series
-from tests.unit.factories import ct_slice
+from tests.unit.factories import ct_slice, writer_spec
 
 
-class _Handler:
-    def preprocess(self, volume):
-        return torch.zeros(1)
-
-    def postprocess(self, output, volume):
-        return ModelResult(summary="")
-
-
-SPEC = ModelSpec(name="unit-seg", version="2.1", description="", selector=lambda s: True,
-                 load_network=torch.nn.Identity, handler=_Handler())
+SPEC = writer_spec("unit-seg", "2.1")
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
@@ -30,22 +29,14 @@ from engine.outputs.sr import SrWriter
 from engine.outputs.uids import derived_uid
 from engine.phantom import CTPhantom, generate_ct_phantom, write_ct_series
 from engine.worker.decode import decode_series
+from tests.unit.factories import writer_spec
 
 PHANTOM_SEED = 4242  # never used in training
 
 
-class _Handler:
-    def preprocess(self, volume):
-        return torch.zeros(1)
-
-    def postprocess(self, output, volume):
-        return ModelResult(summary="")
-
-
 def make_spec(version: str = "1.3") -> ModelSpec:
     """A registered-looking model for the writers (its network is never run)."""
-    return ModelSpec(name="unit-model", version=version, description="", selector=lambda s: True,
-                     load_network=torch.nn.Identity, handler=_Handler())
+    return writer_spec("unit-model", version)
 
 
 def ct_volume(folder: Path, nodules: int | None = 0) -> tuple[Volume, CTPhantom]:
