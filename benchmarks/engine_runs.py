@@ -29,6 +29,11 @@ def bench(studies: int, *, concurrency: int = 1, workers: int = 1, slices: int =
     return result
 
 
+def done_jobs(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every done job (model, stage seconds, the files it filed)."""
+    return [job for study in result["studies"] for job in study["jobs"] if job["state"] == "done"]
+
+
 def job_stages(result: dict[str, Any]) -> list[dict[str, float]]:
     """Every done job's stage seconds."""
-    return [job["stages_s"] for study in result["studies"] for job in study["jobs"] if job["state"] == "done"]
+    return [job["stages_s"] for job in done_jobs(result)]

@@ -109,6 +109,7 @@ class ReceiverRole:
     def study_report(self, study_uid: str) -> dict[str, Any] | None:
         """A study's series and jobs with their stage timings (``GET /api/studies/<uid>``); None if unknown.
 
+        ``artifacts`` names the files a done job filed (empty once retention removed them).
         ``final`` is true once every series is complete, every job is done,
         failed or dead-lettered and every delivery sent or failed: nothing more
         will happen without new instances.
@@ -135,6 +136,7 @@ class ReceiverRole:
                       "model": j.model, "state": j.state, "attempts": j.attempts, "reason": j.reason,
                       "created": j.created, "finished": j.finished,
                       "stages_s": timelines[j.job_id].stage_seconds() if j.job_id in timelines else {},
+                      "artifacts": _artifact_names(j.result_dir) if j.state == "done" else [],
                       "deliveries": deliveries.get(j.job_id, [])}
                      for j in jobs],
             "final": all(s.state == "complete" for s in series) and all(j.state in FINAL_JOB_STATES for j in jobs)
@@ -239,6 +241,16 @@ def stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def _artifact_names(result_dir: str | None) -> list[str]:
+    """The files in a job's result folder, sorted; none when there is no folder (any more)."""
+    if not result_dir:
+        return []
+    try:
+        return sorted(entry.name for entry in os.scandir(result_dir) if entry.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 @dataclass

@@ -77,7 +77,7 @@ class StudyOutcome:
                 "bytes": self.study.nbytes, "send_error": self.send_error, "split_series": self.split_series,
                 "lost_series": self.lost_series, "failed_jobs": self.failed_jobs,
                 "jobs": [{"model": j["model"], "state": j["state"], "finished": j.get("finished"),
-                          "stages_s": j.get("stages_s", {})} for j in jobs]}
+                          "stages_s": j.get("stages_s", {}), "artifacts": j.get("artifacts", [])} for j in jobs]}
 
 
 def fetch_study(target: Target, study_uid: str, timeout: float = 5.0) -> dict[str, Any] | None:

@@ -70,6 +70,8 @@ def test_storescu_to_seg(tmp_path: Path, require_storescu: str) -> None:
         assert report["final"] and [s["instances"] for s in report["series"]] == [48]
         assert [(j["model"], j["state"]) for j in report["jobs"]] == [("nodule-seg", "done")]
         assert {"decode", "infer", "end_to_end"} <= set(report["jobs"][0]["stages_s"])
+        assert report["jobs"][0]["artifacts"] == sorted(path.name for path in folder.iterdir())
+        assert {"result.json", "seg.dcm", "preview.dcm"} <= set(report["jobs"][0]["artifacts"])
         assert 'scanstream_stage_seconds_count{model="nodule-seg",stage="infer"} 1.0' in metrics
         assert 'scanstream_stage_seconds_count{model="nodule-seg",stage="end_to_end"} 1.0' in metrics
         status = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--json", "--config",
