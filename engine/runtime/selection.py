@@ -48,10 +48,10 @@ class BackendChoice:
 
 
 def make_backend(name: str, device: str, *, threads: int = 0, precision: str = "fp32", channels_last: bool = False,
-                 compile: bool = False) -> Backend:
+                 compile: bool = False, spin_wait: bool = False) -> Backend:
     """A fresh, uninitialised backend ``name`` for ``device``; :class:`BackendUnavailable` if it cannot run here.
 
-    ``channels_last`` and ``compile`` apply to the torch backend only.
+    ``channels_last`` and ``compile`` apply to the torch backend only, ``spin_wait`` to ONNX Runtime only.
     """
     if name == "torch":
         from engine.runtime.torch_backend import TorchBackend
@@ -61,7 +61,7 @@ def make_backend(name: str, device: str, *, threads: int = 0, precision: str = "
     if name == "onnxruntime":
         from engine.runtime.onnx_backend import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(device, threads=threads)
+        return OnnxRuntimeBackend(device, threads=threads, spin_wait=spin_wait)
     if name == "tensorrt":
         from engine.runtime.tensorrt_backend import TensorRTBackend
 

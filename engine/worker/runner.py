@@ -156,7 +156,8 @@ def load_model(spec: ModelSpec, settings: WorkerConfig) -> LoadedModel:
     choice = choose_backend(artifacts, settings.backend, settings.device, settings.torch_threads)
     backend = make_backend(choice.backend, choice.device, threads=settings.torch_threads,
                            precision=settings.precision, channels_last=settings.channels_last,
-                           compile=settings.torch_compile)
+                           compile=settings.torch_compile,
+                           spin_wait=settings.onnx_spin_wait)
     backend.initialize(artifacts)
     in_flight = settings.batches_in_flight or (2 if settings.device == "cuda" else 1)
     batcher = DynamicBatcher(backend, max_batch=spec.max_batch, max_delay_s=settings.max_batch_delay_ms / 1000.0,

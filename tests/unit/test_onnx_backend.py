@@ -75,3 +75,11 @@ def test_fingerprint_follows_the_weights_and_declared_shapes() -> None:
     from dataclasses import replace
 
     assert network_fingerprint(spec.load_network(), replace(spec, max_input_shape=(3, 512, 512))) != first
+
+
+@pytest.mark.parametrize("spin_wait", [False, True])
+def test_spin_wait_reaches_the_session(spin_wait: bool, cache) -> None:
+    backend = OnnxRuntimeBackend("cpu", threads=1, spin_wait=spin_wait)
+    backend.initialize(ModelArtifacts(builtin_specs()[0], cache))
+    options = backend._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin_wait else "0")
