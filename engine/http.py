@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 
@@ -52,14 +53,26 @@ class StatusCollector(Collector):
             yield deliveries
 
 
-StudyReport = Callable[[str], "dict[str, Any] | None"]
+StudyReport = Callable[[str, float], "dict[str, Any] | None"]
+MAX_STUDY_WAIT_S = 60.0
+
+
+def _wait_seconds(query: dict[str, list[str]]) -> float | None:
+    """The ``wait_s`` query parameter (0 when absent), or None when it is not one number in [0, 60]."""
+    values = query.get("wait_s", ["0"])
+    try:
+        wait_s = float(values[0])
+    except ValueError:
+        return None
+    return wait_s if len(values) == 1 and 0.0 <= wait_s <= MAX_STUDY_WAIT_S else None
 
 
 class HealthServer:
     """A small threaded HTTP server; readiness comes from a callable.
 
     ``study_report``, when given, answers ``GET /api/studies/<study UID>`` with JSON
-    (404 for an unknown study): what ``scanstream bench`` polls for results.
+    (404 for an unknown study); ``?wait_s=N`` (0-60) holds the answer until the
+    study is final or N seconds passed: how ``scanstream bench`` waits for results.
     """
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool],
@@ -88,7 +101,12 @@ class HealthServer:
                 elif self.path == "/metrics":
                     self._reply(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
                 elif self.path.startswith(STUDY_PREFIX) and server._study_report is not None:
-                    report = server._study_report(self.path[len(STUDY_PREFIX):])
+                    url = urllib.parse.urlsplit(self.path)
+                    wait_s = _wait_seconds(urllib.parse.parse_qs(url.query))
+                    if wait_s is None:
+                        self._reply(400, b'{"error": "wait_s: expected seconds from 0 to 60"}\n', "application/json")
+                        return
+                    report = server._study_report(url.path[len(STUDY_PREFIX):], wait_s)
                     if report is None:
                         self._reply(404, b'{"error": "unknown study"}\n', "application/json")
                     else:

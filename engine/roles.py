@@ -44,6 +44,8 @@ from engine.worker.runner import JobRunner
 
 log = get_logger(__name__)
 
+STUDY_RECHECK_S = 1.0  # a waiting study report looks again at least this often (series completing)
+
 
 class ReceiverRole:
     """SCP, spool, ledger, assembler, router, broker and the health endpoint of one host."""
@@ -106,14 +108,27 @@ class ReceiverRole:
     def _instance_stored(self, series_uid: str) -> None:
         self.assembler.check(series_uid, time.time())
 
-    def study_report(self, study_uid: str) -> dict[str, Any] | None:
+    def study_report(self, study_uid: str, wait_s: float = 0.0) -> dict[str, Any] | None:
         """A study's series and jobs with their stage timings (``GET /api/studies/<uid>``); None if unknown.
+
+        With ``wait_s`` the answer waits (up to that long) for the study to be
+        final, woken by every job or delivery state change and at least once a
+        second: a client waiting for results asks once instead of polling.
 
         ``artifacts`` names the files a done job filed (empty once retention removed them).
         ``final`` is true once every series is complete, every job is done,
         failed or dead-lettered and every delivery sent or failed: nothing more
         will happen without new instances.
         """
+        deadline = time.monotonic() + max(0.0, wait_s)
+        seen = self.ledger.job_changes()
+        report = self._study_report(study_uid)
+        while report is not None and not report["final"] and (remaining := deadline - time.monotonic()) > 0:
+            seen = self.ledger.wait_job_change(seen, min(remaining, STUDY_RECHECK_S))
+            report = self._study_report(study_uid)
+        return report
+
+    def _study_report(self, study_uid: str) -> dict[str, Any] | None:
         if not is_safe_uid(study_uid):
             return None
         series = self.ledger.study_series(study_uid)

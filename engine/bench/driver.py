@@ -38,6 +38,8 @@ from engine.sender import SendError, send_files
 log = get_logger(__name__)
 
 POLL_S = 0.05
+MAX_WAIT_S = 30.0  # one held request's longest wait (the engine allows 60)
+HTTP_TIMEOUT_S = 5.0  # beyond the held time
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,12 @@ class StudyOutcome:
                           "stages_s": j.get("stages_s", {}), "artifacts": j.get("artifacts", [])} for j in jobs]}
 
 
-def fetch_study(target: Target, study_uid: str, timeout: float = 5.0) -> dict[str, Any] | None:
-    """The engine's report on a study, or None while it does not know the study."""
+def fetch_study(target: Target, study_uid: str, wait_s: float = 0.0) -> dict[str, Any] | None:
+    """The engine's report on a study, or None while it does not know the study; with ``wait_s`` the engine
+    answers once the study is final or ``wait_s`` passed."""
+    url = f"{target.http_url}/api/studies/{study_uid}" + (f"?wait_s={wait_s:.3f}" if wait_s > 0 else "")
     try:
-        with urllib.request.urlopen(f"{target.http_url}/api/studies/{study_uid}", timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=wait_s + HTTP_TIMEOUT_S) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         if error.code == 404:
@@ -113,13 +117,20 @@ def check(outcome: StudyOutcome) -> None:
 
 
 def wait_final(target: Target, outcome: StudyOutcome, deadline: float) -> None:
-    """Poll until the engine reports the study final (or the deadline passes), then check it."""
-    while time.monotonic() < deadline:
-        report = fetch_study(target, outcome.study.study_uid)
+    """Wait until the engine reports the study final (or the deadline passes), then check it.
+
+    The engine holds each request until the study is final (``wait_s``), so the
+    bench costs the engine one request per study rather than a poll every few
+    milliseconds; an engine that does not know the study yet is asked again
+    after :data:`POLL_S`.
+    """
+    while (remaining := deadline - time.monotonic()) > 0:
+        report = fetch_study(target, outcome.study.study_uid, wait_s=min(remaining, MAX_WAIT_S))
         if report is not None and report["final"] and report["series"]:
             outcome.report = report
             break
-        time.sleep(POLL_S)
+        if report is None:
+            time.sleep(POLL_S)
     else:
         outcome.report = fetch_study(target, outcome.study.study_uid)
         log.warning("bench.study_timeout", study_key=(outcome.report or {}).get("study_key"))

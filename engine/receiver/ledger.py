@@ -287,6 +287,8 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
+        self._job_changes = 0  # jobs queued, done or failed and deliveries recorded since start
+        self._job_changed = threading.Condition(self._lock)
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
@@ -324,7 +326,8 @@ class Ledger:
             return int(self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, job_change: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``job_change`` wakes :meth:`wait_job_change` callers once it commits."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -333,6 +336,21 @@ class Ledger:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            if job_change:
+                self._job_changes += 1
+                self._job_changed.notify_all()
+
+    def job_changes(self) -> int:
+        """How many job or delivery state changes were committed since the ledger opened."""
+        with self._lock:
+            return self._job_changes
+
+    def wait_job_change(self, seen: int, timeout: float) -> int:
+        """Block until a job is queued, done or failed or a delivery recorded after ``seen`` changes (see
+        :meth:`job_changes`), or ``timeout`` seconds pass; returns the count now. For waiting on results."""
+        with self._job_changed:
+            self._job_changed.wait_for(lambda: self._job_changes != seen, timeout)
+            return self._job_changes
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -482,7 +500,7 @@ class Ledger:
                    priority: int = 0, max_attempts: int = 3) -> str | None:
         """Queue a job; None when the (series, revision, model, version) job already exists."""
         job_id = uuid.uuid4().hex[:16]
-        with self._tx() as db:
+        with self._tx(job_change=True) as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, series_uid, series_revision, model, model_version, state,"
                 " max_attempts, priority, created) VALUES (?,?,?,?,?, 'queued', ?,?,?)",
@@ -524,7 +542,7 @@ class Ledger:
         ``deliveries`` names the destinations the results go to: queued in the same
         transaction, so a crash never leaves a done job whose delivery was forgotten.
         """
-        with self._tx() as db:
+        with self._tx(job_change=True) as db:
             done = db.execute("UPDATE jobs SET state = 'done', result_dir = ?, finished = ?, reason = NULL,"
                               " lease_expires = NULL WHERE job_id = ? AND state = 'leased' AND attempts = ?",
                               (result_dir, now, job_id, attempt)).rowcount == 1
@@ -584,7 +602,7 @@ class Ledger:
         """Record one attempt: ``sent`` or ``failed`` (final), or ``pending`` again at ``next_attempt``."""
         if state not in DELIVERY_STATES:
             raise ValueError(f"unknown delivery state {state!r}")
-        with self._tx() as db:
+        with self._tx(job_change=True) as db:
             db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, reason = ?, warnings = ?,"
                        " next_attempt = COALESCE(?, next_attempt), finished = ? WHERE job_id = ? AND destination = ?",
                        (state, reason, warnings, next_attempt, None if state == "pending" else now, job_id,
@@ -622,7 +640,7 @@ class Ledger:
     def fail_job(self, job_id: str, attempt: int, reason: str, retryable: bool, now: float) -> str | None:
         """Requeue a retryable failure with attempts left, else 'failed' (not retryable) or 'dead'
         (retries exhausted); returns the new state, or None for a stale attempt (no change)."""
-        with self._tx() as db:
+        with self._tx(job_change=True) as db:
             row = db.execute("SELECT attempts, max_attempts FROM jobs WHERE job_id = ? AND state = 'leased'"
                              " AND attempts = ?", (job_id, attempt)).fetchone()
             if row is None:

@@ -25,7 +25,14 @@ def server():
     registry = CollectorRegistry()
     registry.register(StatusCollector(lambda: {"queued": 2, "done": 5}, lambda: 3, lambda: (7, 7000)))
     reports = {"1.2.3": {"study_uid": "1.2.3", "final": True}}
-    server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"], reports.get)
+    asked: list[tuple[str, float]] = []
+
+    def report(study_uid: str, wait_s: float):
+        asked.append((study_uid, wait_s))
+        return reports.get(study_uid)
+
+    server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"], report)
+    server.asked = asked
     server.start()
     yield server, ready
     server.stop()
@@ -52,3 +59,8 @@ def test_study_reports_as_json(server) -> None:
     code, text = get(http.port, "/api/studies/1.2.3")
     assert code == 200 and json.loads(text) == {"study_uid": "1.2.3", "final": True}
     assert get(http.port, "/api/studies/9.9")[0] == 404
+    assert get(http.port, "/api/studies/1.2.3?wait_s=2.5")[0] == 200
+    assert http.asked == [("1.2.3", 0.0), ("9.9", 0.0), ("1.2.3", 2.5)]
+    for bad in ("-1", "61", "nan", "soon", "1&wait_s=2"):
+        assert get(http.port, f"/api/studies/1.2.3?wait_s={bad}")[0] == 400
+    assert len(http.asked) == 3

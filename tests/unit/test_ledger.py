@@ -202,3 +202,22 @@ def test_a_clean_worker_stop_gives_the_attempt_back(ledger: Ledger) -> None:
     assert ledger.release_job(job, 1, "worker disconnected", 3.0, count_attempt=False) is None  # stale
     assert ledger.claim_job("w2", 4.0).attempts == 1
     assert ledger.release_job(job, 1, "heartbeat timeout", 5.0) == "dead"  # a crash costs the attempt
+
+
+def test_waiters_wake_on_job_changes_only(ledger: Ledger) -> None:
+    ledger.add_instance(meta(1), entry("n1"), "CT1", 1.0)
+    seen = ledger.job_changes()
+    assert ledger.wait_job_change(seen, timeout=0.05) == seen  # nothing changed: back after the timeout
+    ledger.complete_series(SERIES, "expected count", 2.0)  # a series completing is not a job change
+    assert ledger.job_changes() == seen
+    woke: list[int] = []
+    waiter = threading.Thread(target=lambda: woke.append(ledger.wait_job_change(seen, timeout=30.0)))
+    waiter.start()
+    job = ledger.create_job(SERIES, 2, "m", "1", now=3.0)
+    waiter.join(timeout=10.0)
+    assert not waiter.is_alive() and woke == [seen + 1]
+    leased = ledger.claim_job("w1", 4.0, models=["m"])
+    assert ledger.job_changes() == seen + 1  # leasing does not make a study final
+    assert ledger.complete_job(job, leased.attempts, "/r", 5.0, deliveries=["pacs"])
+    ledger.record_delivery(job, "pacs", "sent", 6.0)
+    assert ledger.job_changes() == seen + 3
