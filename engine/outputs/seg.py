@@ -4,11 +4,12 @@ highdicom builds the object from the segmented planes' sources only: its cost
 per source image (checks, plane positions, derivation items, ~0.4 ms each
 through pydicom) then follows what the model found, not the series length, and
 empty planes have no frame either way. The rest of the series enters where the
-standard puts it: the slice spacing of the whole series in the shared pixel
-measures (as highdicom computes it before omitting empty frames), and every
-source instance in the Source Image Sequence and the Common Instance Reference
-module, encoded straight to bytes. The result equals highdicom's own SEG from
-all the sources (tested element by element).
+standard puts it: the shared pixel measures of the first source with the slice
+spacing of the whole series (highdicom's rule, applied before it omits empty
+frames; given the segmented planes alone it would measure their spacing), and
+every source instance in the Source Image Sequence and the Common Instance
+Reference module, encoded straight to bytes. The result equals highdicom's own
+SEG from all the sources (tests/unit/test_seg_parity.py, element by element).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def seg_options(result: ModelResult, volume: Volume, spec: ModelSpec) -> dict[st
 
 def series_pixel_measures(sources: list[Dataset]) -> hd.PixelMeasuresSequence:
     """The first source's pixel measures, with the spacing between slices of the whole series when the
-    source does not state one (highdicom's own rule, applied before empty planes are dropped)."""
+    source does not state one and none when the series is irregular: what highdicom writes given every source."""
     first = sources[0]
     stated = first.get("SpacingBetweenSlices", None)
     measures = hd.PixelMeasuresSequence(pixel_spacing=first.PixelSpacing, slice_thickness=first.SliceThickness,

@@ -16,9 +16,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from engine.dicom_encode import element, padded, uid_element
@@ -41,18 +38,10 @@ class SpoolEntry:
     sha256: str
 
 
-def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
-    """The file meta group as bytes (preamble and ``DICM`` prefix not included)."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_file_meta_info(buffer, file_meta, enforce_standard=True)
-    return buffer.getvalue()
-
-
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """The file meta group pynetdicom's ``event.file_meta`` describes, encoded directly.
 
-    Byte for byte what :func:`encode_file_meta` writes for that dataset, without
+    Byte for byte what pydicom writes for that dataset (``write_file_meta_info``), without
     building and validating a pydicom dataset for every received instance.
     """
     body = b"".join((
@@ -89,11 +78,11 @@ class Spool:
             raise SpoolError(f"not a spool name: {name!r}")
         return self.root / name[:2] / name
 
-    def store(self, file_meta: FileMetaDataset | bytes, dataset: bytes | memoryview) -> SpoolEntry:
-        """Write preamble + file meta + ``dataset`` as received, durably; raises :class:`SpoolError`."""
+    def store(self, file_meta: bytes, dataset: bytes | memoryview) -> SpoolEntry:
+        """Write preamble + the encoded file meta group + ``dataset`` as received, durably; raises
+        :class:`SpoolError`."""
         if len(dataset) > self.max_instance_bytes:
             raise SpoolError(f"instance of {len(dataset)} bytes exceeds the cap of {self.max_instance_bytes}")
-        meta_bytes = encode_file_meta(file_meta) if isinstance(file_meta, FileMetaDataset) else file_meta
         name = uuid.uuid4().hex
         final = self.path(name)
         temp = final.with_name(f".{name}.part")
@@ -101,7 +90,7 @@ class Spool:
             if not final.parent.is_dir():
                 final.parent.mkdir(exist_ok=True)
                 _fsync_dir(self.root)
-            data = b"".join((PREAMBLE, meta_bytes, dataset))
+            data = b"".join((PREAMBLE, file_meta, dataset))
             with open(temp, "wb") as handle:
                 handle.write(data)
                 handle.flush()

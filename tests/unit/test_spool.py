@@ -11,22 +11,32 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from engine.receiver import spool as spool_module
-from engine.receiver.spool import Spool, SpoolError, encode_file_meta
+from engine.receiver.spool import Spool, SpoolError
 
 UID = "1.2.826.0.1.3680043.8.498.1"
 # (0008,0016) SOP Class UID, explicit VR LE, even length: a one-element dataset
 DATASET = b"\x08\x00\x16\x00UI\x1a\x00" + CTImageStorage.encode() + b"\x00"
 
 
-def file_meta() -> FileMetaDataset:
+def encode_file_meta(meta: FileMetaDataset) -> bytes:
+    """pydicom's encoding of a file meta group (the reference for the spool's own encoder)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+def file_meta() -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = UID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return meta
+    return encode_file_meta(meta)
 
 
 def files(root: Path) -> list[Path]:
@@ -35,7 +45,7 @@ def files(root: Path) -> list[Path]:
 
 def test_store_writes_part10_with_the_dataset_bytes_unchanged(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
-    entry = spool.store(encode_file_meta(file_meta()), DATASET)
+    entry = spool.store(file_meta(), DATASET)
     data = spool.read(entry.name)
     assert data[:128] == b"\0" * 128 and data[128:132] == b"DICM" and data.endswith(DATASET)
     assert entry.sha256 == hashlib.sha256(DATASET).hexdigest() and entry.size == len(data)
