@@ -63,16 +63,16 @@ def _label_map_slice(label_map: np.ndarray, findings: list[Finding], volume: Vol
     Uses the findings' sizes and centroids rather than labelling components: a
     whole-volume connected-component pass costs seconds and gigabytes on a large CT.
     """
-    per_slice = np.count_nonzero(label_map.reshape(label_map.shape[0], -1), axis=1)
-    if not per_slice.any():
+    if not label_map.any():
         return None
     sized = [f for f in findings if f.centroid_mm is not None and (f.voxel_count or f.volume_ml)]
     if sized:
         largest = max(sized, key=lambda f: (f.voxel_count or 0, f.volume_ml or 0.0))
         index = _slice_of(volume, largest.centroid_mm)
-        if per_slice[index]:
+        if label_map[index].any():
             return index
-    return int(np.argmax(per_slice))
+    # counting every slice's voxels is the costly part (~2 ms for 48 x 256x256): only when the centroid misses
+    return int(np.argmax(np.count_nonzero(label_map.reshape(label_map.shape[0], -1), axis=1)))
 
 
 def choose_slice(result: ModelResult, volume: Volume) -> int:
