@@ -125,6 +125,8 @@ class ReceiverRole:
         report = self._study_report(study_uid)
         while report is not None and not report["final"] and (remaining := deadline - time.monotonic()) > 0:
             seen = self.ledger.wait_job_change(seen, min(remaining, STUDY_RECHECK_S))
+            if not self._started:  # stopping: answer with what was known rather than ask a closing ledger
+                break
             report = self._study_report(study_uid)
         return report
 

@@ -289,6 +289,7 @@ class Ledger:
         self._lock = threading.RLock()
         self._job_changes = 0  # jobs queued, done or failed and deliveries recorded since start
         self._job_changed = threading.Condition(self._lock)
+        self._closed = False
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
@@ -347,14 +348,16 @@ class Ledger:
 
     def wait_job_change(self, seen: int, timeout: float) -> int:
         """Block until a job is queued, done or failed or a delivery recorded after ``seen`` changes (see
-        :meth:`job_changes`), or ``timeout`` seconds pass; returns the count now. For waiting on results."""
+        :meth:`job_changes`), the ledger closes, or ``timeout`` seconds pass; returns the count now."""
         with self._job_changed:
-            self._job_changed.wait_for(lambda: self._job_changes != seen, timeout)
+            self._job_changed.wait_for(lambda: self._job_changes != seen or self._closed, timeout)
             return self._job_changes
 
     def close(self) -> None:
-        """Close the connection (the WAL is checkpointed by SQLite)."""
+        """Close the connection (the WAL is checkpointed by SQLite) and wake anyone waiting on a change."""
         with self._lock:
+            self._closed = True
+            self._job_changed.notify_all()
             self._db.close()
 
     # -- instances, series, studies -------------------------------------------------------

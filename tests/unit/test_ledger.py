@@ -221,3 +221,13 @@ def test_waiters_wake_on_job_changes_only(ledger: Ledger) -> None:
     assert ledger.complete_job(job, leased.attempts, "/r", 5.0, deliveries=["pacs"])
     ledger.record_delivery(job, "pacs", "sent", 6.0)
     assert ledger.job_changes() == seen + 3
+
+
+def test_closing_the_ledger_wakes_its_waiters(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    woke: list[int] = []
+    waiter = threading.Thread(target=lambda: woke.append(ledger.wait_job_change(ledger.job_changes(), 30.0)))
+    waiter.start()
+    ledger.close()
+    waiter.join(timeout=10.0)
+    assert not waiter.is_alive() and woke == [0]
