@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
@@ -44,13 +45,15 @@ class Volume:
     ``voxels`` is ``stored * slope + intercept`` (HU for CT), computed on first use:
     the engine's preprocessing paths read ``stored`` directly.
     ``frames`` maps each slice index to (index into ``sources``, 1-based frame number).
+    ``sources`` are the instances as pydicom datasets, in arrival order; the
+    engine builds each on first access, so read only the ones you need.
     """
 
     stored: np.ndarray
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     orientation: tuple[float, ...]
-    sources: list[Any]
+    sources: Sequence[Any]
     frames: list[tuple[int, int]]
     series: SeriesInfo
     slope: float = 1.0

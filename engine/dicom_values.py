@@ -77,18 +77,6 @@ def plain_value(raw: RawDataElement) -> Any:
 
 
 
-def dataset_value(ds: Dataset, tag: int) -> Any:
-    """``ds[tag].value``, read from the bytes when the element is still raw and plain (pydicom then never
-    converts it: text as ``str``, numbers as ``int``/``float`` or a list of them); ``KeyError`` when absent."""
-    element = ds.get_item(tag)
-    if element is None:
-        raise KeyError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) not in the dataset")
-    if isinstance(element, RawDataElement):
-        value = plain_value(element)
-        if value is not NOT_PLAIN:
-            return value
-    return ds[tag].value
-
 class RawHeader:
     """``get(keyword or tag)`` and attribute access over raw elements: plain values read here, the rest by pydicom.
 

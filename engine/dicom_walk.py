@@ -177,23 +177,23 @@ def walk_dataset(data: bytes | memoryview, implicit: bool, little: bool,
 
 
 @dataclass(frozen=True)
-class Part10:
-    """A Part-10 file read by :func:`read_part10`: the dataset, its raw top-level elements and transfer syntax."""
+class Part10Header:
+    """What a walk of a Part-10 file kept: top-level elements (all, or those asked for) and the transfer syntax."""
 
-    dataset: FileDataset
     elements: dict[BaseTag, RawDataElement]
     transfer_syntax: UID
 
 
-def read_part10(blob: bytes | memoryview) -> Part10 | None:
-    """A Part-10 file as a lazily converted pydicom dataset, or None when pydicom's own reader must do it.
+@dataclass(frozen=True)
+class Part10(Part10Header):
+    """A Part-10 file read by :func:`read_part10`: every raw top-level element, the syntax and the dataset."""
 
-    Handles files with the 128-byte preamble in Implicit or Explicit VR Little
-    Endian or an encapsulated (compressed) syntax; deflated and big endian
-    datasets, files without a preamble and anything this walk refuses are left
-    to ``pydicom.dcmread`` (None).
-    """
-    data = blob if isinstance(blob, bytes) else bytes(blob)
+    dataset: FileDataset
+
+
+def _walk_part10(data: bytes, keep: Container[int] | None) -> tuple[WalkedDataset, WalkedDataset, UID] | None:
+    """The file meta group, the dataset (elements in ``keep``, all when None) and the syntax, or None (see
+    :func:`read_part10`)."""
     if len(data) < _PREAMBLE_END + 12 or data[128:132] != b"DICM":
         return None
     try:
@@ -205,11 +205,37 @@ def read_part10(blob: bytes | memoryview) -> Part10 | None:
         syntax = UID(syntax_element.value.decode("ascii", "replace").rstrip("\x00 "))
         if not syntax.is_transfer_syntax or syntax.is_deflated or not syntax.is_little_endian:
             return None
-        body = walk_dataset(data, syntax.is_implicit_VR, little=True, start=meta_end)
+        body = walk_dataset(data, syntax.is_implicit_VR, little=True, keep=keep, start=meta_end)
     except MalformedDataset:
         return None
-    file_meta = FileMetaDataset(meta_walker.found.elements)
+    return meta_walker.found, body, syntax
+
+
+def read_part10_header(blob: bytes | memoryview, keep: Container[int]) -> Part10Header | None:
+    """The file walked whole (so it is proven complete) keeping only the top-level elements in ``keep``;
+    None where :func:`read_part10` would give None. No pydicom dataset is built."""
+    walked = _walk_part10(blob if isinstance(blob, bytes) else bytes(blob), keep)
+    if walked is None:
+        return None
+    _, body, syntax = walked
+    return Part10Header(body.elements, syntax)
+
+
+def read_part10(blob: bytes | memoryview) -> Part10 | None:
+    """A Part-10 file as a lazily converted pydicom dataset, or None when pydicom's own reader must do it.
+
+    Handles files with the 128-byte preamble in Implicit or Explicit VR Little
+    Endian or an encapsulated (compressed) syntax; deflated and big endian
+    datasets, files without a preamble and anything this walk refuses are left
+    to ``pydicom.dcmread`` (None).
+    """
+    data = blob if isinstance(blob, bytes) else bytes(blob)
+    walked = _walk_part10(data, None)
+    if walked is None:
+        return None
+    meta, body, syntax = walked
+    file_meta = FileMetaDataset(meta.elements)
     dataset = FileDataset(io.BytesIO(), dict(body.elements), preamble=data[:128], file_meta=file_meta,
                           is_implicit_VR=syntax.is_implicit_VR, is_little_endian=True)
     dataset.set_original_encoding(syntax.is_implicit_VR, True, dataset._character_set)
-    return Part10(dataset, body.elements, syntax)
+    return Part10(elements=body.elements, transfer_syntax=syntax, dataset=dataset)

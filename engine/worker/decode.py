@@ -26,8 +26,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from engine.api import SeriesInfo, Volume
-from engine.dicom_walk import Part10, read_part10
+from engine.dicom_walk import Part10, read_part10, read_part10_header
 from engine.worker.fast_header import NATIVE_LITTLE_ENDIAN, FastInstance, fast_instance, native_pixels
+from engine.worker.sources import SOURCE_HEADER_TAGS, SourceInstances
 
 DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 PATIENT_DIRECTIONS = {  # PatientOrientation letters as LPS unit vectors
@@ -226,7 +227,7 @@ def build_volume(datasets: Sequence[Dataset], series: SeriesInfo,
         spacing=(abs(slice_mm) or 1.0, row_mm, col_mm),
         origin=first.position,
         orientation=tuple(orientation),
-        sources=list(datasets),
+        sources=datasets if isinstance(datasets, SourceInstances) else list(datasets),
         frames=[(frames[i].source, frames[i].frame) for i in order],
         series=series,
         slope=float(slope),
@@ -235,7 +236,18 @@ def build_volume(datasets: Sequence[Dataset], series: SeriesInfo,
 
 
 def decode_series(payload: Sequence[bytes | memoryview], series: SeriesInfo) -> Volume:
-    """Parse and stack a series in one call (header facts from the raw elements where the files allow)."""
+    """Parse and stack a series in one call (header facts from the raw elements where the files allow).
+
+    When every instance is a single native grayscale frame the volume's sources
+    are :class:`~engine.worker.sources.SourceInstances` (datasets built when a
+    writer asks); otherwise every instance is read into a dataset now.
+    """
+    headers = [read_part10_header(blob, SOURCE_HEADER_TAGS) for blob in payload]
+    if headers and all(header is not None for header in headers):
+        fast = [fast_instance(header) for header in headers]  # type: ignore[arg-type]
+        if all(item is not None for item in fast):
+            sources = SourceInstances(payload, [header.elements for header in headers])  # type: ignore[union-attr]
+            return build_volume(sources, series, fast)
     read = [read_instance(blob, index) for index, blob in enumerate(payload)]
     if not read:
         raise DecodeError("the series has no instances")

@@ -20,7 +20,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine.dicom_values import NOT_PLAIN, plain_value
-from engine.dicom_walk import PIXEL_DATA, Part10
+from engine.dicom_walk import PIXEL_DATA, Part10Header
 
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 ROWS, COLUMNS, SAMPLES = BaseTag(0x00280010), BaseTag(0x00280011), BaseTag(0x00280002)
@@ -30,6 +30,10 @@ POSITION, ORIENTATION = BaseTag(0x00200032), BaseTag(0x00200037)
 PIXEL_SPACING, IMAGER_PIXEL_SPACING = BaseTag(0x00280030), BaseTag(0x00181164)
 SLOPE, INTERCEPT = BaseTag(0x00281053), BaseTag(0x00281052)
 FUNCTIONAL_GROUPS = (BaseTag(0x52009229), BaseTag(0x52009230))  # shared, per-frame
+# Every element :func:`fast_instance` reads: a walk that keeps these is enough for it.
+FAST_HEADER_TAGS = frozenset({ROWS, COLUMNS, SAMPLES, BITS_ALLOCATED, BITS_STORED, PIXEL_REPRESENTATION,
+                              NUMBER_OF_FRAMES, POSITION, ORIENTATION, PIXEL_SPACING, IMAGER_PIXEL_SPACING, SLOPE,
+                              INTERCEPT, *FUNCTIONAL_GROUPS, BaseTag(PIXEL_DATA)})
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ def _decimals(elements: dict[BaseTag, RawDataElement], tag: BaseTag, count: int)
     return values
 
 
-def fast_instance(part10: Part10) -> FastInstance | None:
+def fast_instance(part10: Part10Header) -> FastInstance | None:
     """The instance's facts from its raw elements, or None when it must go through pydicom (see module doc)."""
     elements = part10.elements
     if part10.transfer_syntax not in NATIVE_LITTLE_ENDIAN or any(tag in elements for tag in FUNCTIONAL_GROUPS):

@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.sequence import Sequence
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, generate_uid
 
 from engine.api import ModelSpec
 
@@ -69,3 +71,26 @@ def writer_spec(name: str, version: str, **options) -> ModelSpec:
     """A registered-looking model for output-writer tests (its network and handler never run)."""
     return ModelSpec(name=name, version=version, description="", selector=lambda series: True,
                      load_network=lambda: None, handler=_IdleHandler(), **options)
+
+
+def resave(blob: bytes, syntax: str, undefined_sequences: bool = False) -> bytes:
+    """``blob`` re-encoded in ``syntax`` with a nested sequence added (of undefined length if asked)."""
+    ds = pydicom.dcmread(io.BytesIO(blob))
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "123", "99TEST", "nested"
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = "1.2.3.4.5"
+    item.ReferencedSOPSequence = Sequence([inner])
+    ds.ProcedureCodeSequence = Sequence([item])
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SeriesDescription = "Thorax für Ärzte"
+    if undefined_sequences:
+        ds["ProcedureCodeSequence"].is_undefined_length = True
+        ds.ProcedureCodeSequence[0].is_undefined_length_sequence_item = True
+    if syntax == RLELossless:
+        ds.compress(RLELossless, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = syntax
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
+    return buffer.getvalue()

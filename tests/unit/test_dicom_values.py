@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-import math
 
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.filereader import read_dataset
-from pydicom.multival import MultiValue
 from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from engine.dicom_values import NOT_PLAIN, RawHeader, plain_value
@@ -76,30 +74,3 @@ def test_non_ascii_text_and_several_values_are_left_to_pydicom() -> None:
     assert header.get("StudyDescription") is None and "StudyDescription" not in header
     with pytest.raises(AttributeError):
         header.StudyDescription  # noqa: B018 - absent, as on a Dataset
-
-
-def _same(ours, theirs) -> bool:
-    """Equal values, a NaN equal to a NaN, element by element for several values."""
-    if isinstance(ours, list) or isinstance(theirs, MultiValue):
-        return len(ours) == len(theirs) and all(_same(a, b) for a, b in zip(ours, theirs))
-    if isinstance(ours, float) and isinstance(theirs, float) and math.isnan(ours):
-        return math.isnan(theirs)
-    return ours == theirs
-
-
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-@pytest.mark.parametrize("values", VARIANTS, ids=[str(i) for i in range(len(VARIANTS))])
-def test_dataset_value_equals_pydicoms_and_leaves_plain_elements_raw(values: dict, syntax: str) -> None:
-    from engine.dicom_values import dataset_value
-
-    data = encoded(values, syntax)
-    implicit = syntax == ImplicitVRLittleEndian
-    walked = Dataset(dict(walk_dataset(data, implicit, True).elements))
-    reference = read_dataset(io.BytesIO(data), implicit, True)
-    for tag in reference.keys():
-        if tag != 0x7FE00010:
-            assert _same(dataset_value(walked, tag), reference[tag].value), tag
-    if plain_value(walked.get_item(0x00080018)) is not NOT_PLAIN:
-        assert walked.get_item(0x00080018).__class__.__name__ == "RawDataElement"  # never converted
-    with pytest.raises(KeyError, match="0010,0010"):
-        dataset_value(walked, 0x00100010)

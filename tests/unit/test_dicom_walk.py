@@ -9,13 +9,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     CTImageStorage, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
     ImplicitVRLittleEndian, RLELossless,
 )
 
-from tests.unit.factories import ct_slice
+from tests.unit.factories import ct_slice, resave
 
 from engine.api import SeriesInfo
 from engine.dicom_values import RawHeader
@@ -25,29 +24,6 @@ from engine.worker.decode import build_volume, decode_series
 from engine.worker.fast_header import fast_instance
 
 SERIES = SeriesInfo("1.2.3", "1.2.3.4", "CT", CTImageStorage)
-
-
-def resave(blob: bytes, syntax: str, undefined_sequences: bool = False) -> bytes:
-    """``blob`` re-encoded in ``syntax`` with a nested sequence added (of undefined length if asked)."""
-    ds = pydicom.dcmread(io.BytesIO(blob))
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "123", "99TEST", "nested"
-    inner = Dataset()
-    inner.ReferencedSOPInstanceUID = "1.2.3.4.5"
-    item.ReferencedSOPSequence = Sequence([inner])
-    ds.ProcedureCodeSequence = Sequence([item])
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SeriesDescription = "Thorax für Ärzte"
-    if undefined_sequences:
-        ds["ProcedureCodeSequence"].is_undefined_length = True
-        ds.ProcedureCodeSequence[0].is_undefined_length_sequence_item = True
-    if syntax == RLELossless:
-        ds.compress(RLELossless, generate_instance_uid=False)
-    else:
-        ds.file_meta.TransferSyntaxUID = syntax
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian)
-    return buffer.getvalue()
 
 
 def assert_same(walked: Dataset, read: Dataset) -> None:
