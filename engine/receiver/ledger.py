@@ -192,8 +192,9 @@ class InstanceMeta:
         """Distance of the slice along its normal (row x column direction), or None without geometry."""
         if self.image_position is None or self.image_orientation is None:
             return None
-        normal = np.cross(self.image_orientation[:3], self.image_orientation[3:6])
-        return float(np.dot(normal, self.image_position))
+        (rx, ry, rz), (cx, cy, cz) = self.image_orientation[:3], self.image_orientation[3:6]
+        x, y, z = self.image_position  # plain arithmetic: numpy's cross costs ~20 us for every instance received
+        return float((ry * cz - rz * cy) * x + (rz * cx - rx * cz) * y + (rx * cy - ry * cx) * z)
 
 
 @dataclass(frozen=True)
