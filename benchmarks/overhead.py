@@ -26,10 +26,10 @@ from benchmarks.engine_runs import bench
 from engine.api import ModelRegistry, ModelSpec, SeriesInfo
 from engine.bench.report import cpu_line
 from engine.config import WorkerConfig
+from engine.memory import retain_freed_memory
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.selection import choose_backend, make_backend
 from engine.worker.decode import decode_series
-from engine.memory import retain_freed_memory
 from plugins import nodule_seg
 
 GOAL = 0.9

@@ -76,7 +76,6 @@ def plain_value(raw: RawDataElement) -> Any:
     return NOT_PLAIN
 
 
-
 class RawHeader:
     """``get(keyword or tag)`` and attribute access over raw elements: plain values read here, the rest by pydicom.
 

@@ -28,6 +28,7 @@ from engine.http import HealthServer, StatusCollector
 from engine.delivery import DeliveryService
 from engine.latency import DELIVERY_STAGES, StageHistograms
 from engine.logs import get_logger
+from engine.memory import freeze_startup_objects, retain_freed_memory
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins, load_plugins
 from engine.receiver.assembler import Assembler
@@ -39,7 +40,6 @@ from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.runtime.base import BackendError
 from engine.runtime.export import ExportError
-from engine.memory import freeze_startup_objects, retain_freed_memory
 from engine.worker.runner import JobRunner
 
 log = get_logger(__name__)

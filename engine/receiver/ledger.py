@@ -123,12 +123,16 @@ def _number(ds: Header, keyword: str) -> int | None:
     return int(value)
 
 
+def priority_key(tag: str) -> str | int:
+    """``routing.priority_tag`` as a lookup key: 8 hex digits are a tag number, anything else a keyword."""
+    return int(tag, 16) if len(tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in tag) else tag
+
+
 def _priority_text(ds: Header, tag: str) -> str:
     """The stripped upper-case text of the priority element, "" when not configured or absent."""
     if not tag:
         return ""
-    key: str | int = int(tag, 16) if len(tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in tag) else tag
-    element = ds.get(key)
+    element = ds.get(priority_key(tag))
     value = getattr(element, "value", element)
     return "" if value is None else str(value).strip().upper()[:64]
 

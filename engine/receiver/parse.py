@@ -22,7 +22,7 @@ from pydicom.uid import UID
 
 from engine.dicom_values import RawHeader
 from engine.dicom_walk import MalformedDataset, walk_dataset
-from engine.receiver.ledger import InstanceMeta
+from engine.receiver.ledger import InstanceMeta, priority_key
 from engine.receiver.statuses import StoreStatus
 
 # What InstanceMeta and the pixel-size check read (by keyword), plus SpecificCharacterSet for the text values.
@@ -88,8 +88,8 @@ def _header_tags(priority_tag: str) -> frozenset[int]:
     """The top-level tags :func:`parse_instance` keeps: the header facts and the priority element, if any."""
     if not priority_tag:
         return _HEADER_TAGS
-    hex_tag = len(priority_tag) == 8 and all(c in "0123456789abcdefABCDEF" for c in priority_tag)
-    tag = int(priority_tag, 16) if hex_tag else tag_for_keyword(priority_tag)
+    key = priority_key(priority_tag)
+    tag = key if isinstance(key, int) else tag_for_keyword(key)
     return _HEADER_TAGS | ({int(tag)} if tag is not None else set())
 
 

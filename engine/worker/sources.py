@@ -11,11 +11,9 @@ does, so it is the dataset an eager decode would have given.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Any, overload
 
-import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -58,8 +56,8 @@ class SourceInstances(Sequence[Dataset]):
 
     def _read(self, index: int) -> Dataset:
         read = read_part10(self._blobs[index])
-        if read is None:  # the header walk accepted this file, so the full walk does too; pydicom if not
-            return pydicom.dcmread(io.BytesIO(bytes(self._blobs[index])))
+        if read is None:  # the same walk accepted these bytes when the series was decoded
+            raise RuntimeError(f"source instance {index} no longer reads as a Part-10 file")
         return read.dataset
 
     def header(self, index: int) -> RawHeader:
