@@ -10,6 +10,15 @@ instance. DCMTK: ``storescp`` writing to disk (no fsync). Orthanc (Debian
 package): its own storage and SQLite index; skipped with the reason when the
 ``Orthanc`` binary is absent. Figures: MB/s (best and median of the repeats)
 and ScanStream's ratio to each. The issue's goal: >= 1.5x DCMTK.
+
+Three references bound what any receiver could do here, measured in the same
+run: ``storescp --ignore`` (receives and answers, stores nothing: the ceiling
+the sender and loopback allow), ``benchmarks.null_scp`` (pynetdicom negotiated
+as ScanStream is, storing nothing: the library's floor), and the cost of making
+one instance durable on this disk (write, fsync the file, fsync its folder).
+A receiver that answers only once an instance is durable, one instance at a
+time as storescu sends them, needs at least the ceiling's time per instance
+plus that cost: the durable bound.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks import null_scp
 from benchmarks.common import parser, print_table, write_result
 from engine.phantom import generate_ct_phantom, write_ct_series
 from engine.peers import OrthancPeer
@@ -95,6 +105,50 @@ def storescp(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
 
 
 @contextmanager
+def storescp_ignore(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
+    """``storescp --ignore``: receives and answers every instance, stores none (its count is the sent count)."""
+    port = free_port()
+    process = subprocess.Popen(["storescp", "--ignore", "-aet", "IGNORESCP", str(port)], env=NODELAY,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_echo(port, "IGNORESCP", process)
+        yield port, "IGNORESCP", lambda: -1
+    finally:
+        stop(process)
+
+
+@contextmanager
+def pynetdicom_null(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
+    """:mod:`benchmarks.null_scp` in its own process: pynetdicom answering without storing."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.null_scp", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_echo(port, null_scp.AE_TITLE, process)
+        yield port, null_scp.AE_TITLE, lambda: -1
+    finally:
+        stop(process)
+
+
+def durable_seconds(files: list[Path], folder: Path) -> float:
+    """Seconds per instance to make each file durable in a new folder: write, fsync the file, fsync the folder."""
+    folder.mkdir()
+    contents = [path.read_bytes() for path in files]
+    start = time.perf_counter()
+    for index, data in enumerate(contents):
+        with open(folder / str(index), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return (time.perf_counter() - start) / len(files)
+
+
+@contextmanager
 def orthanc(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
     with OrthancPeer(folder) as peer:
         yield peer.dicom_port, peer.ae_title, peer.instance_count
@@ -111,6 +165,22 @@ def send_seconds(files: list[Path], port: int, aet: str) -> float:
     return seconds
 
 
+def measure(peer: Callable, files: list[Path], megabytes: float, folder: Path, name: str,
+            repeats: int) -> dict[str, object]:
+    """MB/s of ``repeats`` sends to fresh instances of ``peer``; a storing peer must hold every instance after."""
+    rates = []
+    for attempt in range(repeats):
+        run_dir = folder / f"{name}-{attempt}"
+        run_dir.mkdir()
+        with peer(run_dir) as (port, aet, stored):
+            seconds = send_seconds(files, port, aet)
+            held = stored()
+            if held not in (-1, len(files)):
+                raise RuntimeError(f"{name} stored {held} of {len(files)} instances")
+        rates.append(megabytes / seconds)
+    return {"best_mb_s": max(rates), "median_mb_s": statistics.median(rates), "runs": rates}
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parser(__doc__.splitlines()[0])
     arguments.add_argument("--repeats", type=int, default=3)
@@ -122,34 +192,41 @@ def main(argv: list[str] | None = None) -> int:
         peers["orthanc"] = orthanc
     else:
         skipped["orthanc"] = "the Orthanc binary is not installed (apt-get install orthanc)"
-    results: dict[str, dict[str, float]] = {}
+    references: dict[str, Callable] = {"storescp-ignore": storescp_ignore, "pynetdicom-null": pynetdicom_null}
+    results: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory(prefix="ss-receive-") as folder:
         files = write_ct_series(generate_ct_phantom(3, slices=slices, size=size), Path(folder) / "series")
         megabytes = sum(p.stat().st_size for p in files) / 1e6
-        for name, peer in peers.items():
-            rates = []
-            for attempt in range(repeats):
-                run_dir = Path(folder) / f"{name}-{attempt}"
-                run_dir.mkdir()
-                with peer(run_dir) as (port, aet, stored):
-                    seconds = send_seconds(files, port, aet)
-                    if stored() != len(files):
-                        raise RuntimeError(f"{name} stored {stored()} of {len(files)} instances")
-                rates.append(megabytes / seconds)
-            results[name] = {"best_mb_s": max(rates), "median_mb_s": statistics.median(rates), "runs": rates}
-    base = results["scanstream"]["best_mb_s"]
-    rows = [[name, r["best_mb_s"], r["median_mb_s"], base / r["best_mb_s"]] for name, r in results.items()]
+        for name, peer in {**peers, **references}.items():
+            results[name] = measure(peer, files, megabytes, Path(folder), name, repeats)
+        durable_s = statistics.median(durable_seconds(files, Path(folder) / f"durable-{attempt}")
+                                      for attempt in range(repeats))
+    best = {name: float(r["best_mb_s"]) for name, r in results.items()}  # type: ignore[arg-type]
+    ceiling_s = megabytes / best["storescp-ignore"] / len(files)
+    durable_bound = megabytes / (len(files) * (ceiling_s + durable_s))
+    base = best["scanstream"]
+    rows = [[name, best[name], results[name]["median_mb_s"], base / best[name]] for name in results]
+    rows.append(["durable bound (ceiling + durable write per instance)", durable_bound, "-", base / durable_bound])
     print(f"{len(files)} instances, {megabytes:.0f} MB, one association from storescu, {repeats} repeat(s)")
     print_table(["receiver", "best MB/s", "median MB/s", "ScanStream / this"], rows)
     for name, reason in skipped.items():
         print(f"{name}: skipped: {reason}")
-    ratio = base / results["dcmtk-storescp"]["best_mb_s"]
+    ratio = base / best["dcmtk-storescp"]
+    print(f"durable write per instance on this disk: {durable_s * 1000:.2f} ms; the sender's ceiling "
+          f"(storescp --ignore) is {best['storescp-ignore'] / best['dcmtk-storescp']:.2f}x DCMTK, the durable bound "
+          f"{durable_bound / best['dcmtk-storescp']:.2f}x, pynetdicom storing nothing "
+          f"{best['pynetdicom-null'] / best['dcmtk-storescp']:.2f}x")
     print(f"goal ScanStream >= 1.5x DCMTK: {'met' if ratio >= 1.5 else 'NOT met'} ({ratio:.2f}x)")
     write_result(args.out, "receive_compare", {"quick": args.quick, "instances": len(files), "megabytes": megabytes,
                                                "results": results, "skipped": skipped,
+                                               "durable_write_s_per_instance": durable_s,
+                                               "durable_bound_mb_s": durable_bound,
                                                "ratio_vs_dcmtk": ratio,
-                                               "ratio_vs_orthanc": base / results["orthanc"]["best_mb_s"]
-                                               if "orthanc" in results else None})
+                                               "ratio_vs_durable_bound": base / durable_bound,
+                                               "ratio_vs_pynetdicom_null": base / best["pynetdicom-null"],
+                                               "ceiling_vs_dcmtk": best["storescp-ignore"] / best["dcmtk-storescp"],
+                                               "ratio_vs_orthanc": base / best["orthanc"]
+                                               if "orthanc" in best else None})
     return 0
 
 
