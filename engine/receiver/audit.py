@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import evt
-
 from engine.logs import get_logger
+from engine.receiver.acse import AssociationInfo
 
 log = get_logger(__name__)
 
@@ -40,13 +39,6 @@ class _Tally:
     study_keys: set[str] = field(default_factory=set)
 
 
-def _peer(event: evt.Event) -> tuple[str, str, str]:
-    requestor = event.assoc.requestor
-    primitive = requestor.primitive
-    called = "" if primitive is None else str(primitive.called_ae_title).strip()
-    return str(requestor.ae_title).strip(), called, f"{requestor.address}:{requestor.port}"
-
-
 class AuditTrail:
     """Appends audit lines to one file; safe from every association thread."""
 
@@ -54,7 +46,7 @@ class AuditTrail:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._tallies: dict[int, _Tally] = {}
+        self._tallies: dict[int, _Tally] = {}  # by id() of the association's AssociationInfo
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one line and make it durable; a failing disk is logged, never raised into DICOM handling."""
@@ -67,22 +59,21 @@ class AuditTrail:
         except OSError as error:
             log.error("audit.write_failed", path=str(self.path), error=error.strerror or str(error))
 
-    def _tally(self, event: evt.Event) -> _Tally:
-        key = id(event.assoc)
+    def _tally(self, info: AssociationInfo) -> _Tally:
+        key = id(info)
         with self._lock:
             tally = self._tallies.get(key)
             if tally is None:
-                calling, called, address = _peer(event)
-                tally = self._tallies[key] = _Tally(calling, called, address, time.time())
+                tally = self._tallies[key] = _Tally(info.calling_ae, info.called_ae, info.address, time.time())
             return tally
 
-    def on_accepted(self, event: evt.Event) -> None:
-        """EVT_ACCEPTED: start counting for this association."""
-        self._tally(event)
+    def on_accepted(self, info: AssociationInfo) -> None:
+        """An association was accepted: start counting for it."""
+        self._tally(info)
 
-    def count(self, event: evt.Event, outcome: str, nbytes: int = 0, study_key: str | None = None) -> None:
+    def count(self, info: AssociationInfo, outcome: str, nbytes: int = 0, study_key: str | None = None) -> None:
         """One C-STORE's outcome: ``stored``, ``duplicate`` or ``refused``."""
-        tally = self._tally(event)
+        tally = self._tally(info)
         with self._lock:
             if outcome == "stored":
                 tally.stored += 1
@@ -94,24 +85,19 @@ class AuditTrail:
             if study_key:
                 tally.study_keys.add(study_key)
 
-    def on_ended(self, event: evt.Event) -> None:
-        """EVT_RELEASED / EVT_ABORTED: write the association's line."""
+    def on_ended(self, info: AssociationInfo, released: bool) -> None:
+        """The association was released or aborted: write its line."""
         with self._lock:
-            tally = self._tallies.pop(id(event.assoc), None)
+            tally = self._tallies.pop(id(info), None)
         if tally is None:
             return
         self.write({"event": "instances-transferred", "calling_ae": tally.calling_ae, "called_ae": tally.called_ae,
                     "address": tally.address, "started": round(tally.started, 3),
-                    "ended": "released" if event.event == evt.EVT_RELEASED else "aborted",
+                    "ended": "released" if released else "aborted",
                     "stored": tally.stored, "duplicates": tally.duplicates, "refused": tally.refused,
                     "bytes": tally.bytes, "study_keys": sorted(tally.study_keys)})
 
-    def on_rejected(self, event: evt.Event) -> None:
-        """EVT_REJECTED: who was turned away."""
-        calling, called, address = _peer(event)
-        self.write({"event": "association-rejected", "calling_ae": calling, "called_ae": called, "address": address})
-
-    def handlers(self) -> list[tuple[Any, Any]]:
-        """The pynetdicom event bindings for an SCP."""
-        return [(evt.EVT_ACCEPTED, self.on_accepted), (evt.EVT_RELEASED, self.on_ended),
-                (evt.EVT_ABORTED, self.on_ended), (evt.EVT_REJECTED, self.on_rejected)]
+    def on_rejected(self, info: AssociationInfo) -> None:
+        """An association was refused: who was turned away."""
+        self.write({"event": "association-rejected", "calling_ae": info.calling_ae, "called_ae": info.called_ae,
+                    "address": info.address})

@@ -1,23 +1,23 @@
-"""pynetdicom event handlers: C-STORE (validate, spool with fsync, record, answer), C-ECHO, association logs.
+"""The receiver's answers: C-STORE (validate, spool with fsync, record, answer) and the association log lines.
 
 The dataset is stored exactly as received (no decode/re-encode); only its header
 is parsed (:mod:`engine.receiver.parse`). Every failure maps to a named status;
-no exception escapes the C-STORE handler (pynetdicom would answer 0xC211). Logs
+no exception escapes the C-STORE handler (an unexpected one is answered 0x0110). Logs
 carry opaque keys, AE titles and addresses, never patient data.
 """
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from pydicom.uid import UID
-from pynetdicom import evt
 
 from engine.logs import get_logger
+from engine.receiver.acse import AssociationInfo
+from engine.receiver.association import StoreRequest
 from engine.receiver.audit import AuditTrail
 from engine.receiver.ledger import AddOutcome, DuplicatePolicy, Ledger
 from engine.receiver.parse import InstanceRejected, parse_instance, validate_uids
@@ -44,39 +44,43 @@ class StoreHandler:
     max_study_bytes: int = 0  # 0: no cap
     priority_tag: str = ""  # routing.priority_tag: its text is kept on the series for the router
 
-    def __call__(self, event: evt.Event) -> int:
-        requestor = event.assoc.requestor
-        calling_ae = str(requestor.ae_title).strip()
+    def __call__(self, request: StoreRequest) -> int:
+        peer = request.peer
         try:
-            series_uid = self._store(event, calling_ae)
+            series_uid = self._store(request)
         except InstanceRejected as rejection:
             log.warning("instance.rejected", status=f"0x{rejection.status:04X}", reason=rejection.reason,
-                        calling_ae=calling_ae, address=requestor.address)
+                        calling_ae=peer.calling_ae, address=peer.host)
             if self.audit is not None:
-                self.audit.count(event, "refused")
+                self.audit.count(peer, "refused")
             return int(rejection.status)
+        except Exception:  # noqa: BLE001 - a defect must not end the association: answer "cannot understand"
+            log.error("instance.store_failed", calling_ae=peer.calling_ae, address=peer.host, exc_info=True)
+            if self.audit is not None:
+                self.audit.count(peer, "refused")
+            return int(StoreStatus.PROCESSING_FAILURE)
         if series_uid is not None:
             self._notify(series_uid)
         return int(StoreStatus.SUCCESS)
 
-    def _store(self, event: evt.Event, calling_ae: str) -> str | None:
+    def _store(self, request: StoreRequest) -> str | None:
         """Store one instance; returns its series UID when it changed the series, None for a duplicate."""
-        request = event.request
-        raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+        raw = request.dataset
+        calling_ae = request.peer.calling_ae
         if len(raw) > self.max_instance_bytes:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
                                    f"instance of {len(raw)} bytes exceeds the cap of {self.max_instance_bytes}")
-        transfer_syntax = UID(event.context.transfer_syntax)
+        transfer_syntax = UID(request.transfer_syntax)
         meta = parse_instance(raw, transfer_syntax, self.max_instance_bytes, self.priority_tag)
-        validate_uids(meta, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID)
+        validate_uids(meta, request.sop_instance_uid, request.sop_class_uid)
         if self.max_study_bytes:
             held = self.ledger.study_bytes(meta.study_uid)
             if held + len(raw) > self.max_study_bytes:
                 raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES,
                                        f"study would hold {held + len(raw)} bytes, over the cap of {self.max_study_bytes}")
         try:
-            entry = self.spool.store(file_meta_bytes(request.AffectedSOPClassUID, request.AffectedSOPInstanceUID,
-                                                     transfer_syntax), raw)
+            entry = self.spool.store(file_meta_bytes(request.sop_class_uid, request.sop_instance_uid, transfer_syntax),
+                                     raw)
         except SpoolError as exc:
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES, str(exc)) from exc
         try:
@@ -90,7 +94,7 @@ class StoreHandler:
                  calling_ae=calling_ae, reopened=added.reopened)
         if self.audit is not None:
             stored = added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED)
-            self.audit.count(event, "stored" if stored else "duplicate", entry.size if stored else 0, added.study_key)
+            self.audit.count(request.peer, "stored" if stored else "duplicate", entry.size if stored else 0, added.study_key)
         return meta.series_uid if added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED) else None
 
     def _discard(self, name: str) -> None:
@@ -104,30 +108,31 @@ class StoreHandler:
         """Tell the assembler; the instance is durable already, so a failure here is logged, not answered."""
         try:
             self.on_instance_stored(series_uid)
-        except Exception:  # noqa: BLE001 - any callback failure must not turn a stored instance into 0xC211
+        except Exception:  # noqa: BLE001 - any callback failure must not turn a stored instance into a failure
             log.error("instance.notify_failed", exc_info=True)
 
 
-def handle_echo(event: evt.Event) -> int:
-    """C-ECHO: the receiver is alive."""
-    return int(StoreStatus.SUCCESS)
+class AssociationLog:
+    """Association lifecycle as structured log lines (AE titles and address only), and the audit trail's lines."""
 
+    def __init__(self, audit: AuditTrail | None = None) -> None:
+        self.audit = audit
 
-def tcp_nodelay(event: evt.Event) -> None:
-    """Disable Nagle on each accepted connection: no ~40 ms stall per PDU against delayed ACKs."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    @staticmethod
+    def _line(event: str, info: AssociationInfo) -> None:
+        log.info(event, calling_ae=info.calling_ae, called_ae=info.called_ae, address=info.address)
 
+    def accepted(self, info: AssociationInfo) -> None:
+        self._line("assoc.accepted", info)
+        if self.audit is not None:
+            self.audit.on_accepted(info)
 
-_ASSOCIATION_EVENTS = {evt.EVT_ACCEPTED: "assoc.accepted", evt.EVT_REJECTED: "assoc.rejected",
-                       evt.EVT_RELEASED: "assoc.released", evt.EVT_ABORTED: "assoc.aborted"}
+    def rejected(self, info: AssociationInfo) -> None:
+        self._line("assoc.rejected", info)
+        if self.audit is not None:
+            self.audit.on_rejected(info)
 
-
-def log_association(event: evt.Event) -> None:
-    """Association lifecycle as structured log lines (AE titles and address only)."""
-    requestor = event.assoc.requestor
-    primitive = requestor.primitive
-    called_ae = "" if primitive is None else str(primitive.called_ae_title).strip()
-    log.info(_ASSOCIATION_EVENTS.get(event.event, event.event.name), calling_ae=str(requestor.ae_title).strip(),
-             called_ae=called_ae, address=f"{requestor.address}:{requestor.port}")
+    def ended(self, info: AssociationInfo, released: bool) -> None:
+        self._line("assoc.released" if released else "assoc.aborted", info)
+        if self.audit is not None:
+            self.audit.on_ended(info, released)

@@ -1,14 +1,21 @@
 """The DICOM SCP: storage SOP classes with the common transfer syntaxes, plus Verification.
 
-Rejections are pynetdicom's own: wrong called AE (1,1,7), calling AE not in the
-allow-list (1,1,3), more than ``max_associations`` (2,3,2). Handlers live in
+Each listener (plain and/or DICOM TLS) accepts connections on a thread and
+serves each on a thread of its own (:class:`engine.receiver.association.Association`:
+negotiation with pynetdicom's PDU codec, then ScanStream's data phase).
+Rejections: wrong called AE (1,1,7), calling AE not in the allow-list or bound
+to other hosts (1,1,3), more than ``max_associations`` or the spool's disk
+below its low-water mark (2,3,2). The C-STORE handler lives in
 :mod:`engine.receiver.handlers`; the server is started last by the receiver role.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
+import socketserver
 import ssl
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,16 +35,15 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from engine.logs import get_logger
+from engine.receiver.acse import AcceptorPolicy
+from engine.receiver.association import Association, Timeouts, nodelay
 from engine.receiver.audit import AuditTrail
-from engine.receiver.handlers import StoreHandler, handle_echo, log_association, tcp_nodelay
+from engine.receiver.handlers import AssociationLog, StoreHandler
 from engine.receiver.ledger import DuplicatePolicy, Ledger
-from engine.receiver.pdu_guard import guard_pdu_lengths
 from engine.receiver.spool import Spool
 
 log = get_logger(__name__)
@@ -56,31 +62,27 @@ class ReceiverError(Exception):
 class DiskGuard:
     """Refuses new associations while the spool's filesystem has less than ``min_free_bytes`` free.
 
-    Checked when each connection opens, before the association is negotiated:
-    below the mark the AE's association limit drops to 0, so pynetdicom answers
-    A-ASSOCIATE-RJ (transient, service-provider, local-limit-exceeded: 2, 3, 2)
-    and the sender retries later; open associations carry on (an instance that
-    cannot be written still gets 0xA700). Above the mark the limit is restored.
+    Checked when each connection opens: below the mark the association is
+    rejected (transient, service-provider, local-limit-exceeded: 2, 3, 2) and
+    the sender retries later; open associations carry on (an instance that
+    cannot be written still gets 0xA700). Crossing the mark either way is logged.
     """
 
-    def __init__(self, ae: AE, path: Path, min_free_bytes: int, max_associations: int) -> None:
-        self._ae = ae
+    def __init__(self, path: Path, min_free_bytes: int) -> None:
         self._path = path
         self._min_free = min_free_bytes
-        self._max = max_associations
         self._low = False
 
     def free_bytes(self) -> int:
         """Free bytes on the spool's filesystem for an unprivileged writer."""
         return int(shutil.disk_usage(self._path).free)
 
-    def on_connection(self, event: evt.Event) -> None:
-        """EVT_CONN_OPEN handler: set the association limit from the free space now."""
+    def is_low(self) -> bool:
+        """Whether a new association must be refused now."""
+        if not self._min_free:
+            return False
         free = self.free_bytes()
         low = free < self._min_free
-        # The public setter refuses 0; pynetdicom's ACSE rejects (2, 3, 2) when the open acceptor
-        # associations, this one included, exceed the stored limit. tests/unit/test_scp.py pins this.
-        self._ae._maximum_associations = 0 if low else self._max
         if low != self._low:
             self._low = low
             if low:
@@ -88,6 +90,7 @@ class DiskGuard:
                             action="refusing new associations")
             else:
                 log.info("scp.disk_ok", free_bytes=free, min_free_bytes=self._min_free)
+        return low
 
 
 def calling_hosts(entries: Sequence[str]) -> dict[str, set[str]]:
@@ -104,8 +107,37 @@ def calling_hosts(entries: Sequence[str]) -> dict[str, set[str]]:
     return hosts
 
 
+def supported_contexts() -> list[PresentationContext]:
+    """Every storage SOP class with :data:`TRANSFER_SYNTAXES`, and Verification (little endian)."""
+    contexts = []
+    for storage in AllStoragePresentationContexts:
+        context = PresentationContext()
+        context.abstract_syntax = storage.abstract_syntax
+        context.transfer_syntax = list(TRANSFER_SYNTAXES)
+        contexts.append(context)
+    verification = PresentationContext()
+    verification.abstract_syntax = Verification
+    verification.transfer_syntax = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    return contexts + [verification]
+
+
+class _Listener(socketserver.ThreadingTCPServer):
+    """One listening socket; each connection is served on its own thread by the SCP."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], serve: Callable[[socket.socket, tuple[str, int]], None]) -> None:
+        self._serve = serve
+        super().__init__(address, socketserver.BaseRequestHandler)
+
+    def finish_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        self._serve(request, client_address)
+
+
 class ReceiverSCP:
-    """A pynetdicom storage SCP writing to the spool and the ledger.
+    """A storage SCP writing to the spool and the ledger.
 
     ``on_instance_stored(series_uid)`` is called on the association thread after the
     instance is durable (spool fsynced, ledger committed). ``port=0`` binds a free
@@ -126,36 +158,17 @@ class ReceiverSCP:
         self._tls = tls
         self._tls_port = tls_port
         self._plain = plain
-        self._audit = audit
+        self._max_associations = max_associations
         self._handler = StoreHandler(spool, ledger, on_instance_stored, duplicate_policy, max_instance_bytes, audit,
                                      max_study_bytes, priority_tag)
-        ae = AE(ae_title=ae_title)
-        ae.maximum_associations = max_associations
-        ae.maximum_pdu_size = max_pdu
-        self._max_pdu = max_pdu
-        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = acse_timeout, dimse_timeout, network_timeout
-        ae.require_called_aet = True
-        self._calling_hosts = calling_hosts(allowed_calling_aets)
-        ae.require_calling_aet = sorted(self._calling_hosts)
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        self._ae = ae
-        self._disk = DiskGuard(ae, spool.root, min_free_bytes, max_associations)
-        self._servers: dict[str, ThreadedAssociationServer] = {}
-
-    def _check_calling_host(self, event: evt.Event) -> None:
-        """EVT_REQUESTED: a calling AE bound to host addresses is rejected (1, 1, 3) from any other address."""
-        requestor = event.assoc.requestor
-        calling = str(requestor.primitive.calling_ae_title).strip() if requestor.primitive is not None else ""
-        hosts = self._calling_hosts.get(calling)
-        if hosts and requestor.address not in hosts:
-            log.warning("association.calling_host_refused", calling_ae=calling, address=requestor.address)
-            # As pynetdicom's own negotiation rejects: the A-ASSOCIATE-RJ (permanent, service user, calling AE not
-            # recognised), EVT_REJECTED (the audit line), then stop the DUL once the PDU is out.
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            evt.trigger(event.assoc, evt.EVT_REJECTED, {})
-            event.assoc.kill()
+        self._events = AssociationLog(audit)
+        self._policy = AcceptorPolicy(ae_title, supported_contexts(), max_pdu, calling_hosts(allowed_calling_aets))
+        self._timeouts = Timeouts(acse=acse_timeout, network=network_timeout, dimse=dimse_timeout)
+        self._disk = DiskGuard(spool.root, min_free_bytes)
+        self._servers: dict[str, _Listener] = {}
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._active: set[Association] = set()
 
     @property
     def port(self) -> int:
@@ -171,42 +184,75 @@ class ReceiverSCP:
             return int(self._servers["tls"].server_address[1])
         return self._tls_port if self._tls is not None else None
 
+    def active_associations(self) -> list[Association]:
+        """The connections being served now (negotiating or associated)."""
+        with self._lock:
+            return list(self._active)
+
+    def _serve(self, connection: socket.socket, address: tuple[str, int], context: ssl.SSLContext | None) -> None:
+        """One connection, on its own thread: TLS handshake if any, then the association."""
+        try:
+            nodelay(connection)
+            if context is not None:
+                connection.settimeout(self._timeouts.acse)
+                connection = context.wrap_socket(connection, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("tls.handshake_failed" if context is not None else "scp.connection_failed",
+                        address=f"{address[0]}:{address[1]}", error=type(exc).__name__)
+            connection.close()
+            return
+        with self._lock:
+            over_limit = len(self._active) >= self._max_associations
+        over_limit = over_limit or self._disk.is_low()
+        association = Association(connection, address[0], address[1], self._policy, self._handler, self._events,
+                                  self._timeouts, over_limit)
+        with self._lock:
+            self._active.add(association)
+        try:
+            association.run()
+        finally:
+            with self._lock:
+                self._active.discard(association)
+
     def start(self) -> None:
         """Listen without blocking (plain and/or TLS); raises :class:`ReceiverError` naming the address if it cannot bind."""
         if self._servers:
             raise ReceiverError(f"the SCP on {self.host}:{self.port} is already started")
-        handlers = [
-            (evt.EVT_C_STORE, self._handler), (evt.EVT_C_ECHO, handle_echo), (evt.EVT_CONN_OPEN, tcp_nodelay),
-            (evt.EVT_CONN_OPEN, self._disk.on_connection), (evt.EVT_CONN_OPEN, guard_pdu_lengths(self._max_pdu)),
-            (evt.EVT_REQUESTED, self._check_calling_host),
-            (evt.EVT_ACCEPTED, log_association), (evt.EVT_REJECTED, log_association),
-            (evt.EVT_RELEASED, log_association), (evt.EVT_ABORTED, log_association),
-            *(self._audit.handlers() if self._audit is not None else []),
-        ]
         listeners = ([("plain", self._port, None)] if self._plain else []) + \
             ([("tls", self._tls_port, self._tls)] if self._tls is not None else [])
         for name, port, context in listeners:
             try:
-                self._servers[name] = self._ae.start_server((self.host, port), block=False, evt_handlers=handlers,
-                                                            ssl_context=context)
+                server = _Listener((self.host, port),
+                                   lambda connection, address, context=context: self._serve(connection, address,
+                                                                                            context))
             except OSError as exc:
                 self.stop(grace=0.0)
                 raise ReceiverError(f"cannot listen for DICOM{' TLS' if context else ''} on {self.host}:{port}: "
                                     f"{exc.strerror or exc}") from exc
-            log.info("scp.listening", ae_title=self.ae_title, host=self.host,
-                     port=int(self._servers[name].server_address[1]), tls=context is not None)
+            self._servers[name] = server
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                      name=f"scp-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            log.info("scp.listening", ae_title=self.ae_title, host=self.host, port=int(server.server_address[1]),
+                     tls=context is not None)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting; give open associations ``grace`` seconds to finish, then abort them."""
         servers, self._servers = list(self._servers.values()), {}
         for server in servers:
             server.shutdown()
-        deadline = time.monotonic() + grace
-        for server in servers:
-            for assoc in server.active_associations:
-                assoc.join(max(0.0, deadline - time.monotonic()))
-                if assoc.is_alive():
-                    log.warning("scp.abort_on_stop", calling_ae=str(assoc.requestor.ae_title).strip())
-                    assoc.abort()
-                    assoc.join(1.0)
+            server.server_close()
             log.info("scp.stopped", port=server.server_address[1])
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        deadline = time.monotonic() + grace
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for association in self.active_associations():
+            log.warning("scp.abort_on_stop", calling_ae=association.info.calling_ae if association.info else "")
+            association.abort()
+        deadline = time.monotonic() + 1.0
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.02)

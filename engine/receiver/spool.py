@@ -16,9 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-
 from engine.dicom_encode import element, padded, uid_element
+from engine.receiver.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.receiver.recent import RecentFiles
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -39,7 +38,7 @@ class SpoolEntry:
 
 
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """The file meta group pynetdicom's ``event.file_meta`` describes, encoded directly.
+    """The file meta group of a received instance (ScanStream's implementation UID and version), encoded directly.
 
     Byte for byte what pydicom writes for that dataset (``write_file_meta_info``), without
     building and validating a pydicom dataset for every received instance.
@@ -49,8 +48,8 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: 
         uid_element(0x00020002, sop_class_uid),
         uid_element(0x00020003, sop_instance_uid),
         uid_element(0x00020010, transfer_syntax),
-        uid_element(0x00020012, PYNETDICOM_IMPLEMENTATION_UID),
-        element(0x00020013, b"SH", padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        uid_element(0x00020012, IMPLEMENTATION_CLASS_UID),
+        element(0x00020013, b"SH", padded(IMPLEMENTATION_VERSION_NAME, b" ")),
     ))
     return element(0x00020000, b"UL", struct.pack("<L", len(body))) + body
 

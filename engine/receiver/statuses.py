@@ -10,6 +10,7 @@ class StoreStatus(IntEnum):
     """C-STORE response statuses; 0xC0xx distinguishes why a dataset could not be understood."""
 
     SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110  # a defect in the receiver, logged with its traceback
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000

@@ -530,13 +530,13 @@ def test_association_limit_echo_and_tcp_nodelay(receiver_factory) -> None:
     receiver = receiver_factory(max_associations=1)
     first, rejection = associate(receiver.scp.port)
     assert rejection is None and first.send_c_echo().Status == StoreStatus.SUCCESS
-    (accepted,) = receiver.scp._servers["plain"].active_associations
-    assert accepted.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    (accepted,) = receiver.scp.active_associations()
+    assert accepted.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     second, rejection = associate(receiver.scp.port)
     assert rejection == LOCAL_LIMIT_EXCEEDED and second.is_rejected
     first.release()
     deadline = time.monotonic() + 5
-    while receiver.scp._servers["plain"].active_associations and time.monotonic() < deadline:
+    while receiver.scp.active_associations() and time.monotonic() < deadline:
         time.sleep(0.02)
     again, rejection = associate(receiver.scp.port)
     assert rejection is None and again.is_established

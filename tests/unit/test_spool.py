@@ -115,13 +115,15 @@ def test_names_are_validated(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50"])
 @pytest.mark.parametrize("instance_uid", ["1.2.3.4", "1.2.3.45"])  # even and odd lengths (padding)
-def test_file_meta_bytes_equal_pydicoms_encoding_of_pynetdicoms_file_meta(syntax: str, instance_uid: str) -> None:
+def test_file_meta_bytes_equal_pydicoms_encoding_of_the_same_file_meta(syntax: str, instance_uid: str) -> None:
     from pynetdicom.dsutils import create_file_meta
 
+    from engine.receiver.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
     from engine.receiver.spool import file_meta_bytes
 
     expected = encode_file_meta(create_file_meta(sop_class_uid=CTImageStorage, sop_instance_uid=instance_uid,
-                                                 transfer_syntax=syntax))
+                                                 transfer_syntax=syntax, implementation_uid=IMPLEMENTATION_CLASS_UID,
+                                                 implementation_version=IMPLEMENTATION_VERSION_NAME))
     assert file_meta_bytes(CTImageStorage, instance_uid, syntax) == expected
 
 
