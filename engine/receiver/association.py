@@ -20,6 +20,7 @@ context's transfer syntax, and the response goes out once the handler answers
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -122,14 +123,12 @@ class Association:
         self.over_limit = over_limit
         self.info: AssociationInfo | None = None
         self._stopping = False
+        self._send_lock = threading.Lock()  # whole PDUs only: the stopping receiver's A-ABORT comes from another thread
 
     def abort(self) -> None:
         """From another thread (the receiver stopping): send A-ABORT and close; :meth:`run` ends as aborted."""
         self._stopping = True
-        try:
-            self.connection.sendall(abort_pdu(0x02, 0x00))
-        except OSError:
-            pass
+        self._send_quietly(abort_pdu(0x02, 0x00))
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -175,7 +174,13 @@ class Association:
             self.events.rejected(info)
             self._await_close()
             return None
-        accepted = accept(request, self.policy)
+        try:
+            accepted = accept(request, self.policy)
+        except (ValueError, IndexError, TypeError, AttributeError) as exc:  # a proposal pynetdicom cannot negotiate
+            self._send_quietly(abort_pdu(0x02, INVALID_PDU_PARAMETER))
+            log.warning("assoc.bad_request", reason=f"presentation contexts cannot be negotiated "
+                        f"({type(exc).__name__})", calling_ae=info.calling_ae, address=info.address)
+            return None
         if not self._send_quietly(accepted.pdu):
             return None
         self.events.accepted(info)
@@ -201,6 +206,9 @@ class Association:
             if not self._stopping:
                 log.info("assoc.connection_lost", calling_ae=info.calling_ae, address=info.address,
                          error=type(exc).__name__)
+        except Exception:  # noqa: BLE001 - a defect here must still end the association and its audit line
+            log.error("assoc.failed", calling_ae=info.calling_ae, address=info.address, exc_info=True)
+            self._send_quietly(abort_pdu(0x02, 0x00))
         self.events.ended(info, released)
         if released:
             self._await_close()
@@ -215,12 +223,12 @@ class Association:
             self.connection.settimeout(self.timeouts.dimse if command_bytes or command else self.timeouts.network)
             pdu_type, body = read_pdu(self.connection, self.policy.max_pdu)
             if pdu_type == A_RELEASE_RQ:
-                self.connection.sendall(RELEASE_RP)
+                self._send(RELEASE_RP)
                 return True
             if pdu_type == A_ABORT:
                 return False
             if pdu_type != P_DATA_TF:
-                reason = UNEXPECTED_PDU if pdu_type in (0x01, 0x02, 0x03, 0x06) else 0x01
+                reason = UNEXPECTED_PDU if pdu_type in (0x01, 0x02, 0x03, 0x06) else UNRECOGNIZED_PDU
                 raise Aborted(reason, f"PDU type 0x{pdu_type:02X} in the data phase")
             try:
                 values = list(presentation_data_values(body))
@@ -253,7 +261,7 @@ class Association:
                     if not is_last:
                         continue
                 status = self._handle(command, accepted, context_id, b"".join(dataset))
-                self.connection.sendall(p_data_tf(context_id, response(command, status)))
+                self._send(p_data_tf(context_id, response(command, status)))
                 command = None
                 dataset.clear()
 
@@ -280,10 +288,14 @@ class Association:
         log.warning("pdu.too_long", pdu_type=f"0x{exc.pdu_type:02X}", declared=exc.declared, limit=exc.limit,
                     address=f"{self.host}:{self.port}")
 
-    def _send_quietly(self, data: bytes) -> bool:
+    def _send(self, pdu: bytes) -> None:
+        with self._send_lock:
+            self.connection.sendall(pdu)
+
+    def _send_quietly(self, pdu: bytes) -> bool:
         """Send a PDU when the association is ending anyway; False when the connection is already gone."""
         try:
-            self.connection.sendall(data)
+            self._send(pdu)
             return True
         except OSError:
             return False
