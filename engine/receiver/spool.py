@@ -68,8 +68,20 @@ class Spool:
     def __init__(self, root: Path, max_instance_bytes: int = 2**31 - 1, recent_bytes: int = 0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._make_folders()
         self.max_instance_bytes = max_instance_bytes
         self.recent = RecentFiles(recent_bytes)  # the newest files' bytes, for the next read
+
+    def _make_folders(self) -> None:
+        """Create the 256 ``<name[:2]>`` folders up front (one folder fsync), not one by one as instances arrive."""
+        made = False
+        for index in range(256):
+            folder = self.root / f"{index:02x}"
+            if not folder.is_dir():
+                folder.mkdir(exist_ok=True)
+                made = True
+        if made:
+            _fsync_dir(self.root)
 
     def path(self, name: str) -> Path:
         """Where the instance called ``name`` lives (names are validated: no path tricks)."""
@@ -86,11 +98,14 @@ class Spool:
         final = self.path(name)
         temp = final.with_name(f".{name}.part")
         try:
-            if not final.parent.is_dir():
+            data = b"".join((PREAMBLE, file_meta, dataset))
+            try:
+                handle = open(temp, "wb")
+            except FileNotFoundError:  # its folder was removed since start-up
                 final.parent.mkdir(exist_ok=True)
                 _fsync_dir(self.root)
-            data = b"".join((PREAMBLE, file_meta, dataset))
-            with open(temp, "wb") as handle:
+                handle = open(temp, "wb")
+            with handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())

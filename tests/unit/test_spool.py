@@ -81,6 +81,23 @@ def test_fsyncs_file_and_folder_before_returning(tmp_path: Path, monkeypatch: py
     assert synced[-1] == str(spool.path(entry.name).parent)  # the rename itself
 
 
+def test_shard_folders_are_made_at_start_and_again_if_removed(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_module.os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                             real_fsync(fd)))
+    spool = Spool(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i:02x}" for i in range(256)]
+    assert synced == [str(tmp_path)]  # one fsync of the root for all 256
+    Spool(tmp_path)
+    assert synced == [str(tmp_path)]  # nothing to make the second time
+    for folder in tmp_path.iterdir():
+        folder.rmdir()
+    entry = spool.store(file_meta(), DATASET)
+    assert spool.path(entry.name).read_bytes()[128:132] == b"DICM" and str(tmp_path) in synced[1:]
+
+
 def test_size_cap_refuses_before_writing(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_instance_bytes=2048)
     with pytest.raises(SpoolError, match="exceeds the cap of 2048"):
