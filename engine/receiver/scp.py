@@ -130,6 +130,7 @@ class _Listener(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int], serve: Callable[[socket.socket, tuple[str, int]], None]) -> None:
         self._serve = serve
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, socketserver.BaseRequestHandler)
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]

@@ -557,6 +557,24 @@ def test_port_zero_binds_a_free_port_and_a_taken_port_is_named(tmp_path: Path, r
         other.stop()
 
 
+def test_an_ipv6_host_is_listened_on(receiver: Receiver) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    scp = ReceiverSCP(AET, "::1", 0, receiver.spool, receiver.ledger, print)
+    scp.start()
+    try:
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("::1", scp.port, ae_title=AET)
+        assert assoc.is_established and assoc.send_c_echo().Status == StoreStatus.SUCCESS
+        assoc.release()
+    finally:
+        scp.stop()
+
+
 def test_new_associations_are_refused_below_the_disk_low_water_mark(receiver_factory,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     receiver = receiver_factory(min_free_bytes=1)
