@@ -54,7 +54,7 @@ class StoreHandler:
             if self.audit is not None:
                 self.audit.count(peer, "refused")
             return int(rejection.status)
-        except Exception:  # noqa: BLE001 - a defect must not end the association: answer "cannot understand"
+        except Exception:  # noqa: BLE001 - a defect must not end the association: answer "processing failure"
             log.error("instance.store_failed", calling_ae=peer.calling_ae, address=peer.host, exc_info=True)
             if self.audit is not None:
                 self.audit.count(peer, "refused")
@@ -94,7 +94,8 @@ class StoreHandler:
                  calling_ae=calling_ae, reopened=added.reopened)
         if self.audit is not None:
             stored = added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED)
-            self.audit.count(request.peer, "stored" if stored else "duplicate", entry.size if stored else 0, added.study_key)
+            self.audit.count(request.peer, "stored" if stored else "duplicate", entry.size if stored else 0,
+                             added.study_key)
         return meta.series_uid if added.outcome in (AddOutcome.STORED, AddOutcome.REPLACED) else None
 
     def _discard(self, name: str) -> None:

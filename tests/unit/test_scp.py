@@ -490,6 +490,23 @@ def test_failing_callback_does_not_change_the_answer(tmp_path: Path) -> None:
         ledger.close()
 
 
+def test_a_defect_in_storing_is_a_processing_failure_and_the_receiver_carries_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite")
+    scp = ReceiverSCP(AET, "127.0.0.1", 0, Spool(tmp_path / "spool"), ledger, print)
+    scp.start()
+    first, second = ct_series(2)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(ledger, "add_instance", lambda *args, **kwargs: 1 / 0)
+            assert send(scp.port, first) == StoreStatus.PROCESSING_FAILURE
+        assert send(scp.port, second) == StoreStatus.SUCCESS
+        assert ledger.status_counts()["instances"] == 1
+    finally:
+        scp.stop()
+        ledger.close()
+
+
 # -- associations -----------------------------------------------------------------------------------
 
 def associate(port: int, calling: str = "PYSCU", called: str = AET) -> tuple[pynetdicom.association.Association,
