@@ -41,6 +41,7 @@ from engine.receiver.dimse import (
     A_ABORT,
     A_ASSOCIATE_RQ,
     A_RELEASE_RQ,
+    C_CANCEL_RQ,
     C_ECHO_RQ,
     C_STORE_RQ,
     P_DATA_TF,
@@ -260,8 +261,9 @@ class Association:
                     dataset.append(fragment)
                     if not is_last:
                         continue
-                status = self._handle(command, accepted, context_id, b"".join(dataset))
-                self._send(p_data_tf(context_id, response(command, status)))
+                if command.field != C_CANCEL_RQ:  # a cancel gets no response (PS3.7 9.3.2.3)
+                    status = self._handle(command, accepted, context_id, b"".join(dataset))
+                    self._send(p_data_tf(context_id, response(command, status)))
                 command = None
                 dataset.clear()
 

@@ -30,6 +30,7 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101  # CommandDataSetType: no dataset follows
 
 # Command set tags (group 0000)

@@ -265,6 +265,14 @@ def test_requests_other_than_a_matching_store(peer: Peer, context_id: int, field
     assert peer.recorder.stored == []
 
 
+def test_a_cancel_gets_no_response_and_the_next_request_is_answered(peer: Peer) -> None:
+    peer.associate()
+    peer.send(p_data(CT_CONTEXT, (0x03, command(0x0FFF, CTImageStorage, False))))
+    peer.send(p_data(ECHO_CONTEXT, (0x03, command(C_ECHO_RQ, Verification, False, message_id=10))))
+    answer = peer.receive()
+    assert status_of(answer) == 0x0000 and struct.pack("<HHLH", 0, 0x0120, 2, 10) in answer[1]
+
+
 @pytest.mark.parametrize(("data", "reason"), [
     (p_data(UNKNOWN_CONTEXT, (0x03, b"")), 0x06),  # a context that was not accepted
     (p_data(CT_CONTEXT, (0x02, b"dataset first")), 0x06),
