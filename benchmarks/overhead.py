@@ -9,10 +9,18 @@ backend the worker chose and its heap setting. Each round runs the engine and
 then the bare loop, so both see the same machine (a shared one drifts by tens
 of percent over minutes); the figure is the median engine / bare ratio of the
 rounds. Goal >= 0.9.
+
+Each round also splits the ratio into two factors measured in it: the work
+(the bare loop's CPU seconds per study over the engine's, receiver, workers
+and modality side together) and the cores kept busy (the engine's CPU use
+over the bare loop's, as fractions of the machine's cores):
+engine / bare = work x busy. Below 1, the first says the engine does more
+per study; the second that it leaves cores idle or its threads wait for each other.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,8 +50,17 @@ def nodule_seg_spec() -> ModelSpec:
     return registry.get("nodule-seg")
 
 
-def bare_loop(folder: Path, threads: int, spec: ModelSpec | None = None) -> tuple[float, str]:
-    """Studies/s of preprocess + backend + postprocess over the sent studies' decoded volumes, and the backend."""
+class BareRun(NamedTuple):
+    """The bare loop's figures."""
+
+    rate: float  # studies/s
+    cpu_s_per_study: float  # this process, every thread
+    backend: str
+
+
+def bare_loop(folder: Path, threads: int, spec: ModelSpec | None = None) -> BareRun:
+    """Studies/s and CPU seconds per study of preprocess + backend + postprocess over the sent studies' decoded
+    volumes, and the backend."""
     spec = spec or nodule_seg_spec()
     artifacts = ModelArtifacts(spec, WorkerConfig().model_cache_path())
     choice = choose_backend(artifacts, "auto", "cpu", threads)
@@ -62,10 +79,11 @@ def bare_loop(folder: Path, threads: int, spec: ModelSpec | None = None) -> tupl
         spec.handler.postprocess(response.output(), volume)
 
     one(volumes[0])
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for volume in volumes:
         one(volume)
-    return len(volumes) / (time.perf_counter() - start), backend.describe()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return BareRun(len(volumes) / seconds, cpu / len(volumes), backend.describe())
 
 
 class Round(NamedTuple):
@@ -75,6 +93,20 @@ class Round(NamedTuple):
     bare: float  # studies/s
     backend: str
     result: dict  # the engine run's bench result
+    bare_cpu: float  # CPU seconds per study
+
+    @property
+    def engine_cpu(self) -> float | None:
+        """CPU seconds per study of the engine run: receiver, workers and modality side, when all were measured."""
+        parts = (self.result.get("cpu_s_per_study") or {}).values()
+        return sum(parts) if parts and None not in parts else None
+
+    def factors(self) -> tuple[float, float] | None:
+        """(work, busy): bare CPU / engine CPU per study, and engine / bare cores in use; their product is the ratio."""
+        engine_cpu = self.engine_cpu
+        if not engine_cpu or not self.bare_cpu:
+            return None
+        return self.bare_cpu / engine_cpu, (engine_cpu * self.engine) / (self.bare_cpu * self.bare)
 
 
 def one_round(studies: int, slices: int, size: int) -> Round:
@@ -82,8 +114,8 @@ def one_round(studies: int, slices: int, size: int) -> Round:
     with tempfile.TemporaryDirectory(prefix="ss-overhead-") as folder:
         result = bench(studies, concurrency=2, slices=slices, size=size, work_dir=Path(folder))
         torch.set_num_threads(2)
-        bare_rate, backend = bare_loop(Path(folder) / "send", threads=2)
-    return Round(result["summary"]["studies_per_s"], bare_rate, backend, result)
+        bare = bare_loop(Path(folder) / "send", threads=2)
+    return Round(result["summary"]["studies_per_s"], bare.rate, bare.backend, result, bare.cpu_s_per_study)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,16 +133,26 @@ def main(argv: list[str] | None = None) -> int:
     backend, last = measured[-1].backend, measured[-1].result
     print(f"{studies} studies of {slices} slices {size}x{size}; bare loop on {backend}; {rounds} round(s), "
           "each the engine then the bare loop")
-    rows = [[f"round {index}", r.engine, r.bare, r.engine / r.bare] for index, r in enumerate(measured, 1)]
-    print_table(["round", "engine studies/s", "bare studies/s", "engine / bare"],
-                rows + [["median", "", "", ratio]])
+    cores = os.cpu_count() or 1
+    rows = []
+    for index, r in enumerate(measured, 1):
+        factors = r.factors()
+        work, busy = factors if factors else ("-", "-")
+        busy_engine = "-" if r.engine_cpu is None else r.engine_cpu * r.engine / cores
+        rows.append([f"round {index}", r.engine, r.bare, r.engine / r.bare, work, busy, busy_engine,
+                     r.bare_cpu * r.bare / cores])
+    print_table(["round", "engine studies/s", "bare studies/s", "engine / bare", "work (bare / engine CPU)",
+                 "busy (engine / bare)", f"engine: of {cores} cores busy", f"bare: of {cores} cores busy"],
+                rows + [["median", "", "", ratio, "", "", "", ""]])
     cpu = cpu_line(last)
     if cpu:
         print(f"CPU per study in the last engine run: {cpu}")
     print(f"goal >= {GOAL}: {'met' if ratio >= GOAL else 'NOT met'}")
     write_result(args.out, "overhead", {"quick": args.quick, "studies": studies, "slices": slices, "size": size,
                                         "rounds": [{"engine_studies_per_s": r.engine, "bare_studies_per_s": r.bare,
-                                                    "ratio": r.engine / r.bare} for r in measured],
+                                                    "ratio": r.engine / r.bare, "bare_cpu_s_per_study": r.bare_cpu,
+                                                    "engine_cpu_s_per_study": r.engine_cpu,
+                                                    "work_and_busy": r.factors()} for r in measured],
                                         "engine_studies_per_s": float(np.median([r.engine for r in measured])),
                                         "bare_studies_per_s": float(np.median([r.bare for r in measured])),
                                         "ratio": ratio, "goal": GOAL, "backend": backend,

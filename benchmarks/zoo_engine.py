@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                            plugin_options=options)
             engine_rate = result["summary"]["studies_per_s"]
             torch.set_num_threads(2)
-            bare_rate, backend = bare_loop(Path(folder) / "send", threads=2, spec=zoo_spec(name, options))
+            bare = bare_loop(Path(folder) / "send", threads=2, spec=zoo_spec(name, options))
+            bare_rate, backend = bare.rate, bare.backend
         ratio = engine_rate / bare_rate
         rows.append([name, backend, engine_rate * slices, bare_rate * slices, ratio])
         records[name] = {"backend": backend, "engine_studies_per_s": engine_rate, "bare_studies_per_s": bare_rate,
