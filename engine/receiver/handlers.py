@@ -88,6 +88,9 @@ class StoreHandler:
         except sqlite3.Error as exc:
             self._discard(entry.name)
             raise InstanceRejected(StoreStatus.OUT_OF_RESOURCES, f"ledger write failed: {exc}") from exc
+        except BaseException:  # a defect: no ledger row will name this file, so it must not stay behind
+            self._discard(entry.name)
+            raise
         if added.discard is not None:
             self._discard(added.discard)
         log.info("instance." + added.outcome.value, study_key=added.study_key, bytes=entry.size,

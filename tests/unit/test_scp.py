@@ -500,6 +500,7 @@ def test_a_defect_in_storing_is_a_processing_failure_and_the_receiver_carries_on
         with monkeypatch.context() as patch:
             patch.setattr(ledger, "add_instance", lambda *args, **kwargs: 1 / 0)
             assert send(scp.port, first) == StoreStatus.PROCESSING_FAILURE
+        assert [p for p in (tmp_path / "spool").rglob("*") if p.is_file()] == []  # its spool file went too
         assert send(scp.port, second) == StoreStatus.SUCCESS
         assert ledger.status_counts()["instances"] == 1
     finally:
