@@ -66,6 +66,18 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
+def serving(command: list[str], port: int, aet: str, stored: Callable[[], int],
+            env: dict[str, str] | None = None) -> Iterator[tuple[int, str, Callable[[], int]]]:
+    """A receiver process started with ``command``, once it answers C-ECHO as ``aet`` on ``port``; stopped after."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_echo(port, aet, process)
+        yield port, aet, stored
+    finally:
+        stop(process)
+
+
+@contextmanager
 def scanstream(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
     port = free_port()
     config = write_config(folder / "scanstream.toml", {
@@ -76,45 +88,32 @@ def scanstream(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
         "logging": {"level": "WARNING"},
     })
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCANSTREAM_")}
-    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "receiver", "--config", str(config)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stored() -> int:
         with sqlite3.connect(folder / "data" / "ledger.sqlite") as db:
             return int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
 
-    try:
-        wait_echo(port, "SCANSTREAM", process)
-        yield port, "SCANSTREAM", stored
-    finally:
-        stop(process)
+    with serving([sys.executable, "-m", "engine.cli", "receiver", "--config", str(config)], port, "SCANSTREAM",
+                 stored, env) as peer:
+        yield peer
 
 
 @contextmanager
 def storescp(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
-    port = free_port()
-    out = folder / "out"
+    port, out = free_port(), folder / "out"
     out.mkdir()
-    process = subprocess.Popen(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)], env=NODELAY,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_echo(port, "STORESCP", process)
-        yield port, "STORESCP", lambda: sum(1 for p in out.iterdir() if p.is_file())
-    finally:
-        stop(process)
+    with serving(["storescp", "-aet", "STORESCP", "-od", str(out), str(port)], port, "STORESCP",
+                 lambda: sum(1 for p in out.iterdir() if p.is_file()), NODELAY) as peer:
+        yield peer
 
 
 @contextmanager
 def storescp_ignore(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
-    """``storescp --ignore``: receives and answers every instance, stores none (its count is the sent count)."""
+    """``storescp --ignore``: receives and answers every instance, stores none (-1: nothing to count)."""
     port = free_port()
-    process = subprocess.Popen(["storescp", "--ignore", "-aet", "IGNORESCP", str(port)], env=NODELAY,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_echo(port, "IGNORESCP", process)
-        yield port, "IGNORESCP", lambda: -1
-    finally:
-        stop(process)
+    with serving(["storescp", "--ignore", "-aet", "IGNORESCP", str(port)], port, "IGNORESCP", lambda: -1,
+                 NODELAY) as peer:
+        yield peer
 
 
 def null_acceptor(kind: str) -> Callable:
@@ -123,13 +122,9 @@ def null_acceptor(kind: str) -> Callable:
     @contextmanager
     def peer(folder: Path) -> Iterator[tuple[int, str, Callable[[], int]]]:
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "benchmarks.null_scp", str(port), "--acceptor", kind],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_echo(port, null_scp.AE_TITLE, process)
-            yield port, null_scp.AE_TITLE, lambda: -1
-        finally:
-            stop(process)
+        with serving([sys.executable, "-m", "benchmarks.null_scp", str(port), "--acceptor", kind], port,
+                     null_scp.AE_TITLE, lambda: -1) as running:
+            yield running
 
     return peer
 

@@ -19,6 +19,7 @@ context's transfer syntax, and the response goes out once the handler answers
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -130,10 +131,8 @@ class Association:
         """From another thread (the receiver stopping): send A-ABORT and close; :meth:`run` ends as aborted."""
         self._stopping = True
         self._send_quietly(abort_pdu(0x02, 0x00))
-        try:
+        with contextlib.suppress(OSError):  # already closed by the peer: nothing left to wake
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def run(self) -> None:
         """Negotiate, then serve requests until the association ends; the connection is closed on return."""

@@ -17,6 +17,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from engine.dicom_encode import padded
+
 HEADER_BYTES = 6
 MAX_CONTROL_PDU = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts and user identity is tens of KiB
 MAX_PREALLOCATED = 64 << 20  # a longer declared body (max_pdu 0: no limit) is gathered as it comes
@@ -182,11 +184,6 @@ def _element(tag: int, value: bytes) -> bytes:
     return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
-def _uid_value(uid: str) -> bytes:
-    value = uid.encode("ascii")
-    return value + b"\x00" if len(value) % 2 else value
-
-
 def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
     """A command set: CommandGroupLength, then ``elements`` (tag, value) in ascending tag order."""
     body = b"".join(_element(tag, value) for tag, value in sorted(elements))
@@ -195,11 +192,11 @@ def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
 
 def response(request: Command, status: int) -> bytes:
     """The C-STORE-RSP or C-ECHO-RSP command set answering ``request`` with ``status``."""
-    elements = [(AFFECTED_SOP_CLASS_UID, _uid_value(request.sop_class_uid)),
+    elements = [(AFFECTED_SOP_CLASS_UID, padded(request.sop_class_uid, b"\x00")),
                 (COMMAND_FIELD, struct.pack("<H", request.field | 0x8000)),
                 (MESSAGE_ID_BEING_RESPONDED_TO, struct.pack("<H", request.message_id)),
                 (COMMAND_DATASET_TYPE, struct.pack("<H", NO_DATASET)),
                 (STATUS, struct.pack("<H", status))]
     if request.field == C_STORE_RQ:
-        elements.append((AFFECTED_SOP_INSTANCE_UID, _uid_value(request.sop_instance_uid)))
+        elements.append((AFFECTED_SOP_INSTANCE_UID, padded(request.sop_instance_uid, b"\x00")))
     return encode_command(elements)
