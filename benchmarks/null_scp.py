@@ -23,7 +23,7 @@ from engine.receiver.acse import AcceptorPolicy, AssociationInfo
 from engine.receiver.association import Association, AssociationEvents, StoreRequest, Timeouts, nodelay
 from engine.receiver.scp import supported_contexts
 from engine.receiver.statuses import StoreStatus
-from engine.sender import tcp_nodelay
+from engine.dicom.store_scu import tcp_nodelay
 
 AE_TITLE = "NULLSCP"
 MAX_PDU = 4 * 1024 * 1024  # ScanStream's default receiver.max_pdu_bytes

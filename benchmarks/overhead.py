@@ -34,7 +34,7 @@ from benchmarks.engine_runs import bench
 from engine.api import ModelRegistry, ModelSpec, SeriesInfo
 from engine.bench.report import cpu_line
 from engine.config import WorkerConfig
-from engine.memory import retain_freed_memory
+from engine.roles.memory import retain_freed_memory
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.selection import choose_backend, make_backend
 from engine.worker.decode import decode_series
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = arguments.parse_args(argv)
     studies, slices, size = (2, 12, 64) if args.quick else (args.studies, 48, 256)
     rounds = 1 if args.quick else max(1, args.rounds)
-    retain_freed_memory()  # the worker's heap setting (engine.memory), so both sides allocate alike
+    retain_freed_memory()  # the worker's heap setting (engine.roles.memory), so both sides allocate alike
     measured = [one_round(studies, slices, size) for _ in range(rounds)]
     ratios = [r.engine / r.bare for r in measured]
     ratio = float(np.median(ratios))

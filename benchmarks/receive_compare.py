@@ -37,9 +37,9 @@ from pathlib import Path
 
 from benchmarks import null_scp
 from benchmarks.common import parser, print_table, write_result
-from engine.phantom import generate_ct_phantom, write_ct_series
-from engine.peers import OrthancPeer
-from engine.ports import free_port
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
+from engine.testing.peers import OrthancPeer
+from engine.testing.ports import free_port
 from engine.testing import write_config
 
 NODELAY = {**os.environ, "TCP_NODELAY": "1"}

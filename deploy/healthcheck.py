@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
-from engine.cli import build_parser, with_overrides
-from engine.config import load_config
+from engine.cli import build_parser
+from engine.config import load_config, with_overrides
 
 ROLES = ("serve", "receiver", "worker")
 TCP_ESTABLISHED = "01"
@@ -74,7 +74,8 @@ def check(argv: Sequence[str], environ: Mapping[str, str] | None = None, timeout
     args = build_parser().parse_args(list(argv))
     environ = os.environ if environ is None else environ
     # The CLI flags that change what is checked: --http-port here, --broker below.
-    config = with_overrides(load_config(args.config, environ), http={"port": getattr(args, "http_port", None)})
+    config = with_overrides(load_config(args.config, environ),
+                            http={"port": (getattr(args, "http_port", None), "--http-port")})
     if args.command == "worker":
         endpoint = args.broker or config.worker_broker
         url = urlsplit(endpoint)

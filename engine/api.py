@@ -216,35 +216,49 @@ class ModelSpec:
     def check(self) -> None:
         """Raise :class:`PluginError` naming the model when a field is unusable."""
         where = f"model {self.name!r}"
+        problem = self._identity_problem() or self._parts_problem() or self._shape_problem()
+        if problem:
+            raise PluginError(f"{where}: {problem}")
+
+    def _identity_problem(self) -> str | None:
         if not _NAME_RE.match(self.name):
-            raise PluginError(f"{where}: name must match {_NAME_RE.pattern}")
+            return f"name must match {_NAME_RE.pattern}"
         if not self.version or not isinstance(self.version, str):
-            raise PluginError(f"{where}: version must be a non-empty string")
+            return "version must be a non-empty string"
+        return None
+
+    def _parts_problem(self) -> str | None:
+        """What is wrong with the selector, network, handler, outputs or batch size, if anything."""
         if not callable(self.selector):
-            raise PluginError(f"{where}: selector must be callable (SeriesInfo) -> bool")
+            return "selector must be callable (SeriesInfo) -> bool"
         if not callable(self.load_network) and not self.onnx_file:
-            raise PluginError(f"{where}: load_network must be callable () -> torch.nn.Module (or set onnx_file)")
+            return "load_network must be callable () -> torch.nn.Module (or set onnx_file)"
         if self.onnx_file and not self.input_shape:
-            raise PluginError(f"{where}: a model given as onnx_file needs input_shape")
+            return "a model given as onnx_file needs input_shape"
         if not isinstance(self.handler, ModelHandler):
-            raise PluginError(f"{where}: handler must define preprocess(volume) and postprocess(output, volume)")
+            return "handler must define preprocess(volume) and postprocess(output, volume)"
         if not self.outputs:
-            raise PluginError(f"{where}: outputs must name at least one output writer")
+            return "outputs must name at least one output writer"
         if self.max_batch < 1:
-            raise PluginError(f"{where}: max_batch must be >= 1")
+            return "max_batch must be >= 1"
+        return None
+
+    def _shape_problem(self) -> str | None:
+        """What is wrong with the declared input shapes and their bounds, if anything."""
         shapes = {"input_shape": self.input_shape, "min_input_shape": self.min_input_shape,
                   "max_input_shape": self.max_input_shape}
         for key, shape in shapes.items():
             if shape and (not all(isinstance(n, int) and n >= 1 for n in shape) or len(shape) not in (3, 4)):
-                raise PluginError(f"{where}: {key} must be 3 or 4 positive ints (C, H, W) or (C, D, H, W), got {shape}")
+                return f"{key} must be 3 or 4 positive ints (C, H, W) or (C, D, H, W), got {shape}"
         if (self.min_input_shape or self.max_input_shape) and not self.input_shape:
-            raise PluginError(f"{where}: min_input_shape/max_input_shape need input_shape")
+            return "min_input_shape/max_input_shape need input_shape"
         if self.shape_multiple < 1:
-            raise PluginError(f"{where}: shape_multiple must be >= 1")
+            return "shape_multiple must be >= 1"
         low, high = self.input_bounds()
         if self.input_shape and not all(lo <= n <= hi for lo, n, hi in zip(low, self.input_shape, high)):
-            raise PluginError(f"{where}: need min_input_shape <= input_shape <= max_input_shape on every axis, "
-                              f"got {low} / {self.input_shape} / {high}")
+            return (f"need min_input_shape <= input_shape <= max_input_shape on every axis, "
+                    f"got {low} / {self.input_shape} / {high}")
+        return None
 
     def input_bounds(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(smallest, largest) per-item input shape; both ``input_shape`` where not declared."""

@@ -20,7 +20,7 @@ from engine.logs import get_logger
 ENTRY_POINT_GROUP = "scanstream.plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "engine.outputs.builtin",
-    "engine.config_models",
+    "engine.model_files.plugin",
     "plugins.nodule_seg",
     "plugins.nodule_det",
     "plugins.nodule_cls",

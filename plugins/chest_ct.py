@@ -1,7 +1,7 @@
 """Conventions the built-in 2.5D chest CT models share: lung window, training geometry, neighbouring slices.
 
 nodule-seg, nodule-det, nodule-cls and ct-denoise were all trained on the
-phantoms of :mod:`engine.phantom` (1.4 mm pixels, 2.5 mm slices) and see each
+phantoms of :mod:`engine.synthetic.ct_phantom` (1.4 mm pixels, 2.5 mm slices) and see each
 slice with neighbours about 2.5 mm away, whatever the scanner's spacing.
 """
 

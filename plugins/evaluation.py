@@ -6,7 +6,7 @@ import torch
 from pydicom.uid import CTImageStorage
 
 from engine.api import ModelResult, ModelSpec, SeriesInfo, Volume
-from engine.phantom import CTPhantom
+from engine.synthetic.ct_phantom import CTPhantom
 
 
 def phantom_volume(phantom: CTPhantom, description: str = "") -> Volume:

@@ -33,7 +33,7 @@ from typing import Any
 
 from engine.bench.workload import Study
 from engine.logs import get_logger
-from engine.sender import SendError, send_files
+from engine.dicom.store_scu import SendError, send_files
 
 log = get_logger(__name__)
 
@@ -95,9 +95,8 @@ def fetch_study(target: Target, study_uid: str, wait_s: float = 0.0) -> dict[str
         raise
 
 
-def check(outcome: StudyOutcome) -> None:
-    """Fill in result time, split/lost series and failed jobs from the final report."""
-    report = outcome.report or {"series": [], "jobs": []}
+def _count_series(outcome: StudyOutcome, report: dict) -> None:
+    """Lost series (fewer instances stored than sent) and split ones (completed more than once)."""
     stored = {s["series_uid"]: s for s in report["series"]}
     for series_uid, sent in outcome.study.series.items():
         row = stored.get(series_uid)
@@ -105,8 +104,16 @@ def check(outcome: StudyOutcome) -> None:
             outcome.lost_series += 1
         elif row["revision"] > 1:
             outcome.split_series += 1
+
+
+def _latest_jobs(report: dict) -> list[dict]:
+    """The jobs of each series' latest revision (earlier revisions' jobs are history)."""
     latest = {s["series_uid"]: s["revision"] for s in report["series"]}
-    jobs = [j for j in report["jobs"] if j["series_revision"] == latest.get(j["series_uid"])]
+    return [j for j in report["jobs"] if j["series_revision"] == latest.get(j["series_uid"])]
+
+
+def _count_results(outcome: StudyOutcome, jobs: list[dict]) -> None:
+    """Failed jobs and deliveries, and when the last result was written and delivered."""
     outcome.failed_jobs = sum(1 for j in jobs if j["state"] != "done")
     finished = [j["finished"] for j in jobs if j.get("finished")]
     outcome.result_written = max(finished) if finished else None
@@ -114,6 +121,13 @@ def check(outcome: StudyOutcome) -> None:
     outcome.failed_deliveries = sum(1 for d in deliveries if d["state"] != "sent")
     delivered = [d["finished"] for d in deliveries if d["state"] == "sent" and d.get("finished")]
     outcome.result_delivered = max(delivered) if delivered and not outcome.failed_deliveries else None
+
+
+def check(outcome: StudyOutcome) -> None:
+    """Fill in result time, split/lost series and failed jobs from the final report."""
+    report = outcome.report or {"series": [], "jobs": []}
+    _count_series(outcome, report)
+    _count_results(outcome, _latest_jobs(report))
 
 
 def wait_final(target: Target, outcome: StudyOutcome, deadline: float) -> None:

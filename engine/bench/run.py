@@ -57,7 +57,7 @@ class BenchSettings:
 def destination_entries(settings: BenchSettings, work_dir: Path, stack: contextlib.ExitStack) -> list[dict[str, Any]]:
     """The ``[[destinations]]`` of the engine started here: a fresh Orthanc, a given peer, or none."""
     if settings.pacs == "orthanc":
-        from engine.peers import OrthancPeer
+        from engine.testing.peers import OrthancPeer
 
         pacs = stack.enter_context(OrthancPeer(work_dir / "orthanc"))
         return [{"name": "orthanc", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port}]

@@ -15,7 +15,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 
 
 @dataclass(frozen=True)

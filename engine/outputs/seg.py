@@ -24,8 +24,8 @@ from pydicom.valuerep import format_number_as_ds
 
 from engine import __version__
 from engine.api import Artifact, ModelResult, ModelSpec, PluginError, Volume
-from engine.dicom_encode import item, part10_with_elements, sequence, uid_element
-from engine.worker.sources import source_header
+from engine.dicom.encode import item, part10_with_elements, sequence, uid_element
+from engine.dicom.sources import source_header
 from engine.outputs.sr import FINDING_TYPES
 from engine.outputs.uids import derived_uid
 

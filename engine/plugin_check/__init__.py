@@ -9,8 +9,8 @@ model NAME, each check reports pass, fail or skip with its reason:
 - each model: ``spec`` (:meth:`ModelSpec.check`, output kinds registered, name
   unique), ``weights`` (``load_network()`` returns a module; ``torch.load`` is not
   called with ``weights_only=False``), ``phantom`` (a built-in phantom series the
-  selector takes: a CT from :mod:`engine.phantom`, the same at low dose, else a
-  radiograph from ``engine.phantom_dx``; skipped when none matches),
+  selector takes: a CT from :mod:`engine.synthetic.ct_phantom`, the same at low dose, else a
+  radiograph from ``engine.synthetic.dx_phantom``; skipped when none matches),
   ``preprocess``, ``plan`` (a handler's :class:`SlicePlan`, which GPU workers run
   instead of ``preprocess``, gives the same input), ``network`` (torch on the CPU,
   or ONNX Runtime for an ONNX file, through the engine's backend interface, which

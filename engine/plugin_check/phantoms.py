@@ -34,7 +34,7 @@ def series_info_of(files: list[Path], calling_ae: str = CALLING_AE) -> SeriesInf
     """The :class:`SeriesInfo` the receiver's ledger would give a series of these files."""
     import pydicom
 
-    from engine.receiver.ledger import InstanceMeta
+    from engine.ledger.store import InstanceMeta
 
     metas = [InstanceMeta.from_dataset(pydicom.dcmread(path, stop_before_pixels=True)) for path in files]
     first = metas[0]
@@ -45,7 +45,7 @@ def series_info_of(files: list[Path], calling_ae: str = CALLING_AE) -> SeriesInf
 
 
 def _ct_phantom(folder: Path) -> list[Path]:
-    from engine.phantom import generate_ct_phantom, write_ct_series
+    from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 
     phantom = generate_ct_phantom(PHANTOM_SEED, slices=PHANTOM_SLICES, nodules=PHANTOM_NODULES,
                                   nodule_radius_mm=(5.0, 8.0))
@@ -53,7 +53,7 @@ def _ct_phantom(folder: Path) -> list[Path]:
 
 
 def _low_dose_ct_phantom(folder: Path) -> list[Path]:
-    from engine.phantom import LOW_DOSE_DESCRIPTION, generate_ct_phantom, low_dose_phantom, write_ct_series
+    from engine.synthetic.ct_phantom import LOW_DOSE_DESCRIPTION, generate_ct_phantom, low_dose_phantom, write_ct_series
 
     phantom = generate_ct_phantom(PHANTOM_SEED, slices=PHANTOM_SLICES, nodules=PHANTOM_NODULES,
                                   nodule_radius_mm=(5.0, 8.0))
@@ -61,14 +61,14 @@ def _low_dose_ct_phantom(folder: Path) -> list[Path]:
 
 
 def _dx_phantom(folder: Path) -> list[Path]:
-    module = importlib.import_module("engine.phantom_dx")
+    module = importlib.import_module("engine.synthetic.dx_phantom")
     return [module.write_dx_image(module.generate_dx_phantom(PHANTOM_SEED), folder)]
 
 
 PHANTOM_MAKERS: tuple[tuple[str, Callable[[Path], list[Path]]], ...] = (
-    ("CT phantom (engine.phantom)", _ct_phantom),
-    ("low-dose CT phantom (engine.phantom)", _low_dose_ct_phantom),
-    ("DX phantom (engine.phantom_dx)", _dx_phantom),
+    ("CT phantom (engine.synthetic.ct_phantom)", _ct_phantom),
+    ("low-dose CT phantom (engine.synthetic.ct_phantom)", _low_dose_ct_phantom),
+    ("DX phantom (engine.synthetic.dx_phantom)", _dx_phantom),
 )
 
 

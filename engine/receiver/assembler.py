@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.logs import get_logger
-from engine.receiver.ledger import InstanceRow, Ledger, SeriesRow
+from engine.ledger.store import InstanceRow, Ledger, SeriesRow
 
 log = get_logger(__name__)
 GEOMETRY, IDLE, MULTIFRAME = "geometry", "idle", "multiframe"

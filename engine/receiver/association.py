@@ -215,56 +215,24 @@ class Association:
 
     def _data_phase(self, accepted: Accepted) -> bool:
         """Serve messages; True when the peer released the association, False when it aborted."""
-        command_bytes = bytearray()
-        command: Command | None = None
-        dataset: list[memoryview] = []  # the fragments, joined once when the last arrives
-        context_id = 0
+        message = _Message()
         while True:
-            self.connection.settimeout(self.timeouts.dimse if command_bytes or command else self.timeouts.network)
+            self.connection.settimeout(self.timeouts.dimse if message.started() else self.timeouts.network)
             pdu_type, body = read_pdu(self.connection, self.policy.max_pdu)
             if pdu_type == A_RELEASE_RQ:
                 self._send(RELEASE_RP)
                 return True
             if pdu_type == A_ABORT:
                 return False
-            if pdu_type != P_DATA_TF:
-                reason = UNEXPECTED_PDU if pdu_type in (0x01, 0x02, 0x03, 0x06) else UNRECOGNIZED_PDU
-                raise Aborted(reason, f"PDU type 0x{pdu_type:02X} in the data phase")
-            try:
-                values = list(presentation_data_values(body))
-            except DimseError as exc:
-                raise Aborted(INVALID_PDU_PARAMETER, str(exc)) from exc
-            for item_context, is_command, is_last, fragment in values:
-                if item_context not in accepted.abstract_syntaxes:
-                    raise Aborted(INVALID_PDU_PARAMETER, f"value item on presentation context {item_context}, "
-                                                         "which was not accepted")
-                if (command_bytes or command is not None) and item_context != context_id:
-                    raise Aborted(INVALID_PDU_PARAMETER, "a message's fragments on two presentation contexts")
-                context_id = item_context
-                if is_command:
-                    if command is not None:
-                        raise Aborted(INVALID_PDU_PARAMETER, "a command fragment inside a dataset")
-                    command_bytes += fragment
-                    if not is_last:
-                        continue
-                    try:
-                        command = decode_command(command_bytes)
-                    except DimseError as exc:
-                        raise Aborted(INVALID_PDU_PARAMETER, str(exc)) from exc
-                    command_bytes.clear()
-                    if command.has_dataset:
-                        continue
-                else:
-                    if command is None:
-                        raise Aborted(INVALID_PDU_PARAMETER, "a dataset fragment before its command")
-                    dataset.append(fragment)
-                    if not is_last:
-                        continue
+            for item_context, is_command, is_last, fragment in _value_items(pdu_type, body, accepted):
+                if not message.add(item_context, is_command, is_last, fragment):
+                    continue
+                command = message.command
+                assert command is not None
                 if command.field != C_CANCEL_RQ:  # a cancel gets no response (PS3.7 9.3.2.3)
-                    status = self._handle(command, accepted, context_id, b"".join(dataset))
-                    self._send(p_data_tf(context_id, response(command, status)))
-                command = None
-                dataset.clear()
+                    status = self._handle(command, accepted, message.context_id, b"".join(message.dataset))
+                    self._send(p_data_tf(message.context_id, response(command, status)))
+                message = _Message()
 
     def _handle(self, command: Command, accepted: Accepted, context_id: int, dataset: bytes) -> int:
         """The status answering one request."""
@@ -317,3 +285,53 @@ def nodelay(connection: socket.socket) -> None:
     """Disable Nagle: no ~40 ms stall per response against a peer's delayed ACKs."""
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+
+def _value_items(pdu_type: int, body: bytes | bytearray, accepted: Accepted) -> list[tuple[int, bool, bool, memoryview]]:
+    """The value items of a P-DATA-TF, each on an accepted context; anything else in the data phase aborts."""
+    if pdu_type != P_DATA_TF:
+        reason = UNEXPECTED_PDU if pdu_type in (0x01, 0x02, 0x03, 0x06) else UNRECOGNIZED_PDU
+        raise Aborted(reason, f"PDU type 0x{pdu_type:02X} in the data phase")
+    try:
+        values = list(presentation_data_values(body))
+    except DimseError as exc:
+        raise Aborted(INVALID_PDU_PARAMETER, str(exc)) from exc
+    for item_context, _, _, _ in values:
+        if item_context not in accepted.abstract_syntaxes:
+            raise Aborted(INVALID_PDU_PARAMETER, f"value item on presentation context {item_context}, "
+                                                 "which was not accepted")
+    return values
+
+
+class _Message:
+    """The request being received: its command fragments, then its command, then its dataset's fragments."""
+
+    def __init__(self) -> None:
+        self.context_id = 0
+        self.command: Command | None = None
+        self.dataset: list[memoryview] = []  # joined once, when the last fragment arrives
+        self._command_bytes = bytearray()
+
+    def started(self) -> bool:
+        """Whether any fragment of this message has arrived (the DIMSE timeout applies then)."""
+        return bool(self._command_bytes) or self.command is not None
+
+    def add(self, context_id: int, is_command: bool, is_last: bool, fragment: memoryview) -> bool:
+        """Take one value item; True once the message is whole (its command, and its dataset if it has one)."""
+        if self.started() and context_id != self.context_id:
+            raise Aborted(INVALID_PDU_PARAMETER, "a message's fragments on two presentation contexts")
+        self.context_id = context_id
+        if not is_command:
+            if self.command is None:
+                raise Aborted(INVALID_PDU_PARAMETER, "a dataset fragment before its command")
+            self.dataset.append(fragment)
+            return is_last
+        if self.command is not None:
+            raise Aborted(INVALID_PDU_PARAMETER, "a command fragment inside a dataset")
+        self._command_bytes += fragment
+        if not is_last:
+            return False
+        try:
+            self.command = decode_command(self._command_bytes)
+        except DimseError as exc:
+            raise Aborted(INVALID_PDU_PARAMETER, str(exc)) from exc
+        return not self.command.has_dataset

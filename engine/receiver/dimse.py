@@ -17,7 +17,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from engine.dicom_encode import padded
+from engine.dicom.encode import padded
 
 HEADER_BYTES = 6
 MAX_CONTROL_PDU = 1 << 20  # an A-ASSOCIATE-RQ with 128 contexts and user identity is tens of KiB

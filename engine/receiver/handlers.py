@@ -19,7 +19,7 @@ from engine.logs import get_logger
 from engine.receiver.acse import AssociationInfo
 from engine.receiver.association import StoreRequest
 from engine.receiver.audit import AuditTrail
-from engine.receiver.ledger import AddOutcome, DuplicatePolicy, Ledger
+from engine.ledger.store import AddOutcome, DuplicatePolicy, Ledger
 from engine.receiver.parse import InstanceRejected, parse_instance, validate_uids
 from engine.receiver.spool import Spool, SpoolError, file_meta_bytes
 from engine.receiver.statuses import StoreStatus

@@ -20,9 +20,9 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from engine.dicom_values import RawHeader
-from engine.dicom_walk import MalformedDataset, walk_dataset
-from engine.receiver.ledger import InstanceMeta, priority_key
+from engine.dicom.values import RawHeader
+from engine.dicom.walk import MalformedDataset, walk_dataset
+from engine.ledger.store import InstanceMeta, priority_key
 from engine.receiver.statuses import StoreStatus
 
 # What InstanceMeta and the pixel-size check read (by keyword), plus SpecificCharacterSet for the text values.

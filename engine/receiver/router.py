@@ -17,7 +17,7 @@ from typing import Callable, Mapping, Sequence
 
 from engine.api import ModelRegistry, PluginError
 from engine.logs import get_logger
-from engine.receiver.ledger import Ledger
+from engine.ledger.store import Ledger
 
 log = get_logger(__name__)
 

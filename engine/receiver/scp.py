@@ -43,7 +43,7 @@ from engine.receiver.acse import AcceptorPolicy
 from engine.receiver.association import Association, Timeouts, nodelay
 from engine.receiver.audit import AuditTrail
 from engine.receiver.handlers import AssociationLog, StoreHandler
-from engine.receiver.ledger import DuplicatePolicy, Ledger
+from engine.ledger.store import DuplicatePolicy, Ledger
 from engine.receiver.spool import Spool
 
 log = get_logger(__name__)

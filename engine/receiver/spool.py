@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.dicom_encode import element, padded, uid_element
+from engine.dicom.encode import element, padded, uid_element
 from engine.receiver.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from engine.receiver.recent import RecentFiles
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from engine.api import ModelSpec
+from engine.runtime.errors import BackendUnavailable
 
 
 def network_fingerprint(network: torch.nn.Module, spec: ModelSpec) -> str:
@@ -72,8 +73,6 @@ class ModelArtifacts:
         """The plugin's network in eval mode, loaded on first use."""
         with self._lock:
             if self.spec.onnx_file:
-                from engine.runtime.base import BackendUnavailable
-
                 raise BackendUnavailable(f"model {self.spec.name!r} is an ONNX file; torch cannot run it "
                                          "(use onnxruntime or tensorrt)")
             if self._network is None:

@@ -17,18 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.runtime.errors import BackendError
+
 if TYPE_CHECKING:
     from engine.runtime.artifacts import ModelArtifacts
 
 Outputs = tuple[torch.Tensor, ...]
-
-
-class BackendError(RuntimeError):
-    """A backend could not be set up or could not run a batch."""
-
-
-class BackendUnavailable(BackendError):
-    """The backend's runtime or device is not present on this machine (the message says which)."""
 
 
 @dataclass(frozen=True)

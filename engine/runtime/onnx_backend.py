@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from engine.runtime.artifacts import ModelArtifacts
-from engine.runtime.base import Backend, BackendError, BackendUnavailable, Outputs
+from engine.runtime.base import Backend, Outputs
+from engine.runtime.errors import BackendError, BackendUnavailable
 from engine.runtime.export import INPUT_NAME
 
 

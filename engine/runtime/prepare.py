@@ -13,7 +13,7 @@ from pathlib import Path
 from engine.api import ModelSpec
 from engine.config import WorkerConfig
 from engine.runtime.artifacts import ModelArtifacts
-from engine.runtime.base import BackendError, BackendUnavailable
+from engine.runtime.errors import BackendError, BackendUnavailable
 from engine.runtime.export import ExportError
 from engine.runtime.selection import BackendChoice, choose_backend, host_key, make_backend
 

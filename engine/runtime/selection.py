@@ -27,7 +27,8 @@ import torch
 
 from engine.logs import get_logger
 from engine.runtime.artifacts import ModelArtifacts, write_atomically
-from engine.runtime.base import Backend, BackendError, BackendUnavailable
+from engine.runtime.base import Backend
+from engine.runtime.errors import BackendError, BackendUnavailable
 from engine.runtime.export import ExportError
 
 log = get_logger(__name__)

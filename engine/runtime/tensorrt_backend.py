@@ -36,7 +36,8 @@ import torch
 
 from engine.logs import get_logger
 from engine.runtime.artifacts import ModelArtifacts, write_atomically
-from engine.runtime.base import Backend, BackendError, BackendUnavailable, Outputs
+from engine.runtime.base import Backend, Outputs
+from engine.runtime.errors import BackendError, BackendUnavailable
 from engine.runtime.export import INPUT_NAME
 
 log = get_logger(__name__)

@@ -14,7 +14,8 @@ import threading
 import torch
 
 from engine.runtime.artifacts import ModelArtifacts
-from engine.runtime.base import Backend, BackendError, BackendUnavailable, Outputs
+from engine.runtime.base import Backend, Outputs
+from engine.runtime.errors import BackendError, BackendUnavailable
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 

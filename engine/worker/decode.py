@@ -26,9 +26,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from engine.api import SeriesInfo, Volume
-from engine.dicom_walk import Part10, read_part10, read_part10_header
-from engine.worker.fast_header import NATIVE_LITTLE_ENDIAN, FastInstance, fast_instance, native_pixels
-from engine.worker.sources import SOURCE_HEADER_TAGS, SourceInstances
+from engine.dicom.walk import Part10, read_part10, read_part10_header
+from engine.dicom.fast_header import NATIVE_LITTLE_ENDIAN, FastInstance, fast_instance, native_pixels
+from engine.dicom.sources import SOURCE_HEADER_TAGS, SourceInstances
 
 DEFAULT_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 PATIENT_DIRECTIONS = {  # PatientOrientation letters as LPS unit vectors
@@ -53,7 +53,7 @@ class FrameGeometry:
 
 
 def read_instance(blob: bytes | memoryview, index: int = 0) -> Part10 | Dataset:
-    """One Part-10 file: walked by :func:`engine.dicom_walk.read_part10`, else read by pydicom.
+    """One Part-10 file: walked by :func:`engine.dicom.walk.read_part10`, else read by pydicom.
 
     Either way the dataset's values are converted on first access and its
     pixels stay encoded until asked for.
@@ -149,7 +149,7 @@ def _native_pixels(ds: Dataset, frames: int) -> np.ndarray | None:
     """Uncompressed little-endian 8/16-bit grayscale read straight from the bytes (no copy); None otherwise.
 
     About 20x faster than pydicom's pixel handler for a CT slice (see
-    :func:`engine.worker.fast_header.native_pixels` for what qualifies).
+    :func:`engine.dicom.fast_header.native_pixels` for what qualifies).
     """
     meta = getattr(ds, "file_meta", None)
     syntax = getattr(meta, "TransferSyntaxUID", None)
@@ -180,6 +180,61 @@ def _pixels(ds: Dataset, index: int) -> np.ndarray:
     return array.reshape(frames, int(ds.Rows), int(ds.Columns))
 
 
+@dataclass(frozen=True)
+class _SeriesGeometry:
+    """Every frame's geometry, the series' orientation and in-plane spacing, and pixels already read (if any)."""
+
+    frames: list[FrameGeometry]
+    orientation: tuple[float, ...]
+    row_col_mm: tuple[float, float]
+    shapes: set[tuple[int, int]]
+    pixels: list[np.ndarray]
+
+
+def _fast_geometry(datasets: Sequence[Dataset], instances: Sequence[FastInstance]) -> _SeriesGeometry:
+    """The geometry from header facts already read off the raw elements, with their pixels."""
+    frames = [FrameGeometry(i, 1, item.position, item.slope, item.intercept) for i, item in enumerate(instances)]
+    orientation = next((item.orientation for item in instances if item.orientation), None)
+    orientation = orientation or projection_orientation(datasets[0]) or DEFAULT_ORIENTATION
+    row_col_mm = next((item.spacing for item in instances if item.spacing), None) or (1.0, 1.0)
+    return _SeriesGeometry(frames, tuple(orientation), row_col_mm, {item.pixels.shape[1:] for item in instances},
+                           [item.pixels for item in instances])
+
+
+def _dataset_geometry(datasets: Sequence[Dataset]) -> _SeriesGeometry:
+    """The geometry read through pydicom (multi-frame, functional groups, projections); pixels not yet read."""
+    frames, orientation, row_col_mm = _frame_geometry(datasets)
+    return _SeriesGeometry(frames, tuple(orientation), row_col_mm,
+                           {(int(ds.Rows), int(ds.Columns)) for ds in datasets}, [])
+
+
+def _stack_in_order(pixels: list[np.ndarray], frames: list[FrameGeometry],
+                    order: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The frames stacked in ``order`` with one copy, and the one rescale that holds for all of them.
+
+    When slices are rescaled differently the stack holds physical values (float32, slope 1, intercept 0).
+    """
+    in_source_order = [frame for array in pixels for frame in array]  # views, no copy
+    raw = np.stack([in_source_order[i] for i in order])
+    rescales = {(frames[i].slope, frames[i].intercept) for i in order}
+    if len(rescales) == 1:
+        slope, intercept = rescales.pop()
+        return raw, slope, intercept
+    slopes = np.array([frames[i].slope for i in order], dtype=np.float32)[:, None, None]
+    intercepts = np.array([frames[i].intercept for i in order], dtype=np.float32)[:, None, None]
+    return raw.astype(np.float32) * slopes + intercepts, 1.0, 0.0
+
+
+def _slice_spacing(sorted_distances: np.ndarray, datasets: Sequence[Dataset]) -> float:
+    """The median gap between slices along the normal; a single slice's SliceThickness (else 1 mm).
+
+    The first dataset is read only for a single slice (sources may be built on first use).
+    """
+    if len(sorted_distances) > 1:
+        return abs(float(np.median(np.diff(sorted_distances)))) or 1.0
+    return abs(float(getattr(datasets[0], "SliceThickness", 1.0) or 1.0)) or 1.0
+
+
 def build_volume(datasets: Sequence[Dataset], series: SeriesInfo,
                  fast: Sequence[FastInstance | None] = ()) -> Volume:
     """Stack all frames ordered along the slice normal, keeping the stored type when one rescale fits all.
@@ -189,44 +244,22 @@ def build_volume(datasets: Sequence[Dataset], series: SeriesInfo,
     whose entry is None) everything is read through pydicom.
     """
     if fast and all(item is not None for item in fast):
-        instances: Sequence[FastInstance] = fast  # type: ignore[assignment]
-        frames = [FrameGeometry(i, 1, item.position, item.slope, item.intercept) for i, item in enumerate(instances)]
-        orientation = next((item.orientation for item in instances if item.orientation), None)
-        orientation = orientation or projection_orientation(datasets[0]) or DEFAULT_ORIENTATION
-        row_mm, col_mm = next((item.spacing for item in instances if item.spacing), None) or (1.0, 1.0)
-        shapes = {item.pixels.shape[1:] for item in instances}
-        decoded = [item.pixels for item in instances]
+        geometry = _fast_geometry(datasets, fast)  # type: ignore[arg-type]
     else:
-        frames, orientation, (row_mm, col_mm) = _frame_geometry(datasets)
-        shapes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
-        decoded = []
-    normal = slice_normal(orientation)
-    distances = np.array([np.dot(f.position, normal) for f in frames])
+        geometry = _dataset_geometry(datasets)
+    if len(geometry.shapes) != 1:
+        raise DecodeError(f"frames of different sizes in one series: {sorted(geometry.shapes)}")
+    normal = slice_normal(geometry.orientation)
+    distances = np.array([np.dot(f.position, normal) for f in geometry.frames])
     order = np.argsort(distances, kind="stable")
-    if len(shapes) != 1:
-        raise DecodeError(f"frames of different sizes in one series: {sorted(shapes)}")
-    decoded = decoded or [_pixels(ds, i) for i, ds in enumerate(datasets)]
-    in_source_order = [frame for array in decoded for frame in array]  # views, no copy
-    raw = np.stack([in_source_order[i] for i in order])  # the one copy: frames ordered along the normal
-    rescales = {(frames[i].slope, frames[i].intercept) for i in order}
-    if len(rescales) == 1:
-        stored, (slope, intercept) = raw, rescales.pop()
-    else:  # slices rescaled differently: stack physical values, so one (slope, intercept) holds for all
-        slopes = np.array([frames[i].slope for i in order], dtype=np.float32)[:, None, None]
-        intercepts = np.array([frames[i].intercept for i in order], dtype=np.float32)[:, None, None]
-        stored, slope, intercept = raw.astype(np.float32) * slopes + intercepts, 1.0, 0.0
-    sorted_distances = distances[order]
-    gaps = np.diff(sorted_distances)
-    if len(gaps):
-        slice_mm = float(np.median(gaps))
-    else:
-        slice_mm = float(getattr(datasets[0], "SliceThickness", 1.0) or 1.0)
-    first = frames[order[0]]
+    pixels = geometry.pixels or [_pixels(ds, i) for i, ds in enumerate(datasets)]
+    stored, slope, intercept = _stack_in_order(pixels, geometry.frames, order)
+    frames = geometry.frames
     return Volume(
         stored=stored,
-        spacing=(abs(slice_mm) or 1.0, row_mm, col_mm),
-        origin=first.position,
-        orientation=tuple(orientation),
+        spacing=(_slice_spacing(distances[order], datasets), *geometry.row_col_mm),
+        origin=frames[order[0]].position,
+        orientation=geometry.orientation,
         sources=datasets if isinstance(datasets, SourceInstances) else list(datasets),
         frames=[(frames[i].source, frames[i].frame) for i in order],
         series=series,
@@ -239,7 +272,7 @@ def decode_series(payload: Sequence[bytes | memoryview], series: SeriesInfo) -> 
     """Parse and stack a series in one call (header facts from the raw elements where the files allow).
 
     When every instance is a single native grayscale frame the volume's sources
-    are :class:`~engine.worker.sources.SourceInstances` (datasets built when a
+    are :class:`~engine.dicom.sources.SourceInstances` (datasets built when a
     writer asks); otherwise every instance is read into a dataset now.
     """
     headers = [read_part10_header(blob, SOURCE_HEADER_TAGS) for blob in payload]

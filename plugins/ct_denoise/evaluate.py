@@ -28,7 +28,7 @@ from scipy import ndimage
 
 import plugins.evaluation
 from engine.api import ModelRegistry, ModelResult, ModelSpec, Volume
-from engine.phantom import AIR, LOW_DOSE_DESCRIPTION, LOW_DOSE_FACTOR, CTPhantom, generate_ct_phantom, low_dose_phantom
+from engine.synthetic.ct_phantom import AIR, LOW_DOSE_DESCRIPTION, LOW_DOSE_FACTOR, CTPhantom, generate_ct_phantom, low_dose_phantom
 from plugins import ct_denoise
 from plugins.evaluation import run_model
 

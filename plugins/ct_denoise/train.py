@@ -8,9 +8,9 @@ bit for bit (same seed, same torch build).
 
 Training phantoms use seeds from :data:`TRAIN_SEED_BASE` up; the seeds of the
 accuracy test and ``evaluate`` (all below 100) never appear here. The pool holds
-standard-dose phantoms and their :func:`~engine.phantom.dose_noise_weight`;
+standard-dose phantoms and their :func:`~engine.synthetic.ct_phantom.dose_noise_weight`;
 the low-dose noise is drawn afresh for every crop (dose uniform in
-:data:`DOSE_RANGE`, exactly as :func:`~engine.phantom.low_dose_phantom` draws
+:data:`DOSE_RANGE`, exactly as :func:`~engine.synthetic.ct_phantom.low_dose_phantom` draws
 it), so the network never sees the same noisy input twice. The target is the
 standard-dose slice, as in the test. Crops are centred on the body, a fifth of
 them on a nodule (so small round structures are kept, not smoothed away).
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.phantom import AIR, MAX_HU, NODULE_RADIUS_MM, RESCALE_INTERCEPT, dose_noise_weight, generate_ct_phantom
+from engine.synthetic.ct_phantom import AIR, MAX_HU, NODULE_RADIUS_MM, RESCALE_INTERCEPT, dose_noise_weight, generate_ct_phantom
 from plugins.ct_denoise.handler import to_network_units
 from plugins.ct_denoise.network import DEPTH_MULTIPLE, IN_CHANNELS, DenoiseNet
 
@@ -81,7 +81,7 @@ def build_pool(count: int, seed: int, slices: int = 16, size: int = 256) -> Trai
 
 
 def low_dose_noise(noise_scale: torch.Tensor, dose: float, rng: np.random.Generator) -> torch.Tensor:
-    """Extra noise (HU) of a ``dose`` fraction of the standard dose, as :func:`engine.phantom.low_dose_phantom`."""
+    """Extra noise (HU) of a ``dose`` fraction of the standard dose, as :func:`engine.synthetic.ct_phantom.low_dose_phantom`."""
     normal = torch.from_numpy(rng.standard_normal(tuple(noise_scale.shape), dtype=np.float32))
     return normal * noise_scale * float(math.sqrt(1.0 / dose - 1.0))
 

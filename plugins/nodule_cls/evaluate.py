@@ -21,8 +21,8 @@ import torch
 from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec, SeriesInfo, Volume
-from engine.phantom import NODULE_RADIUS_MM, CTPhantom, generate_ct_phantom
-from engine.phantom_dx import DEFAULT_SLICES, DXPhantom, generate_dx_phantom
+from engine.synthetic.ct_phantom import NODULE_RADIUS_MM, CTPhantom, generate_ct_phantom
+from engine.synthetic.dx_phantom import DEFAULT_SLICES, DXPhantom, generate_dx_phantom
 from plugins import nodule_cls
 from plugins.nodule_cls.handler import LABEL
 from plugins.evaluation import run_model

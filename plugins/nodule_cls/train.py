@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels.cpu import context_index, run_slice_plan
-from engine.phantom import NODULE_RADIUS_MM, generate_ct_phantom
-from engine.phantom_dx import DEFAULT_PHOTONS, DEFAULT_SLICES, expose, project, to_stored
+from engine.synthetic.ct_phantom import NODULE_RADIUS_MM, generate_ct_phantom
+from engine.synthetic.dx_phantom import DEFAULT_PHOTONS, DEFAULT_SLICES, expose, project, to_stored
 from plugins.nodule_cls.evaluate import ct_volume
 from plugins.nodule_cls.handler import CtNoduleClsHandler, radiograph_input
 from plugins.nodule_cls.network import ResNetClassifier, ct_network, dx_network

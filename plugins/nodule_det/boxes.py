@@ -1,4 +1,4 @@
-"""Anchors, SSD box encoding and anchor-to-truth matching, vectorised in torch; IoU and NMS from :mod:`engine.boxes`.
+"""Anchors, SSD box encoding and anchor-to-truth matching, vectorised in torch; IoU and NMS from :mod:`engine.postprocess.boxes`.
 
 Boxes are (x_min, y_min, x_max, y_max) in continuous pixel coordinates of the
 image they live on: pixel (row r, column c) covers [c, c + 1] x [r, r + 1], so
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.boxes import box_area, nms, pairwise_iou
+from engine.postprocess.boxes import box_area, nms, pairwise_iou
 
 box_iou = pairwise_iou  # the name this plugin's modules and tests use
 
@@ -123,6 +123,6 @@ def match_anchors(anchors: torch.Tensor, truth: torch.Tensor, ignored: torch.Ten
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """:func:`engine.boxes.nms` within each group (e.g. slice) at once: boxes of different groups never suppress
+    """:func:`engine.postprocess.boxes.nms` within each group (e.g. slice) at once: boxes of different groups never suppress
     each other."""
     return nms(boxes, scores, iou_threshold, classes=groups)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
-from engine.phantom import CTPhantom, generate_ct_phantom
+from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom
 from plugins import nodule_det
 from plugins.nodule_det.boxes import box_iou
 from plugins.nodule_det.truth import nodule_truths

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels.cpu import run_slice_plan
-from engine.phantom import LUNG, NODULE_RADIUS_MM, VESSEL, generate_ct_phantom
+from engine.synthetic.ct_phantom import LUNG, NODULE_RADIUS_MM, VESSEL, generate_ct_phantom
 from plugins.nodule_det.boxes import NEGATIVE, POSITIVE, box_area, encode, grid_anchors, match_anchors
 from plugins.nodule_det.evaluate import phantom_volume
 from plugins.nodule_det.handler import detection_plan

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from engine.phantom import CTPhantom
+from engine.synthetic.ct_phantom import CTPhantom
 
 IN_PLANE_ONLY = np.array([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 2), np.zeros((3, 3))], dtype=bool)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
-from engine.phantom import CTPhantom, generate_ct_phantom
+from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom
 from plugins import nodule_seg
 from plugins.evaluation import phantom_volume, run_model
 

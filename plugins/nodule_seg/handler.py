@@ -15,7 +15,7 @@ import torch
 from scipy import ndimage
 
 from engine.api import Finding, ModelResult, Volume
-from engine.components import components
+from engine.postprocess.components import components
 from engine.kernels.cpu import pad_to_multiple, resize_slices, run_slice_plan, window_normalise
 from engine.kernels.plan import Intensity, SlicePlan
 from plugins.chest_ct import LUNG_WINDOW_HU, neighbour_step, working_size
@@ -77,7 +77,7 @@ class NoduleSegHandler:
         mask = np.zeros(logits.shape, dtype=np.uint8)
         findings: list[Finding] = []
         # probability > THRESHOLD is logit > THRESHOLD_LOGIT (the sigmoid is monotonic): no sigmoid over the whole
-        # volume, and components are labelled only where there is foreground (engine.components).
+        # volume, and components are labelled only where there is foreground (engine.postprocess.components).
         for box, region in components(logits > THRESHOLD_LOGIT, CONNECTIVITY):
             size = int(region.sum())
             if size < min_voxels:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.phantom import LUNG, NODULE_RADIUS_MM, VESSEL, generate_ct_phantom
+from engine.synthetic.ct_phantom import LUNG, NODULE_RADIUS_MM, VESSEL, generate_ct_phantom
 from plugins.nodule_seg.handler import preprocess_volume
 from plugins.nodule_seg.network import DEPTH_MULTIPLE, IN_CHANNELS, UNet2D
 

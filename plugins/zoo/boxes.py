@@ -1,4 +1,4 @@
-"""SSD300 box decoding against its default boxes; IoU and NMS are the engine's (:mod:`engine.boxes`).
+"""SSD300 box decoding against its default boxes; IoU and NMS are the engine's (:mod:`engine.postprocess.boxes`).
 
 Boxes are (x_min, y_min, x_max, y_max) in units of the image side (0..1),
 default boxes (cx, cy, w, h). Everything works on whole tensors; no Python loop
@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from engine.boxes import nms, pairwise_iou
+from engine.postprocess.boxes import nms, pairwise_iou
 
 __all__ = ["decode", "nms", "pairwise_iou"]
 

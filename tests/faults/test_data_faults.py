@@ -10,7 +10,7 @@ import pydicom
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pydicom.uid import JPEG2000Lossless
 
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.peers import make_test_pki
-from engine.phantom import generate_ct_phantom, write_ct_series
-from engine.ports import free_port
+from engine.testing.peers import make_test_pki
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
+from engine.testing.ports import free_port
 from engine.testing import EngineProcess, storescu
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
@@ -68,7 +68,7 @@ def test_tls_lets_certified_modalities_in_and_nobody_else(tmp_path: Path, pki: P
 
 def test_tls_only_and_bad_tls_settings_are_named(tmp_path: Path, pki: Path) -> None:
     from engine.config import ConfigError, load_config
-    from engine.tls import TlsError
+    from engine.dicom.tls import TlsError
 
     with pytest.raises(ConfigError, match="tls_enabled needs receiver.tls_certificate"):
         load_config(environ={"SCANSTREAM_RECEIVER__TLS_ENABLED": "true"})

@@ -53,7 +53,7 @@ def test_dcmtk_storescu_as_the_modality(tmp_path: Path, require_storescu: str) -
 def test_results_to_a_real_orthanc_are_measured_to_its_acknowledgement(tmp_path: Path) -> None:
     import pytest
 
-    from engine.peers import orthanc_available
+    from engine.testing.peers import orthanc_available
 
     if not orthanc_available():
         pytest.skip("Orthanc is not installed; `make test` installs it (apt-get install orthanc)")

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.phantom import generate_ct_phantom, write_ct_series
-from engine.ports import free_port
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
+from engine.testing.ports import free_port
 from engine.testing import storescu, write_config
 
 

@@ -15,7 +15,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
 
 from .conftest import PLUGIN_DIR

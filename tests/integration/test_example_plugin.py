@@ -79,7 +79,7 @@ def test_the_examples_own_test_passes_with_the_installed_fixtures(installed: tup
     # Every distribution, as pytest reads them (a stale scanstream.egg-info in the checkout may come first).
     pytest_plugins = {(entry.name, entry.value) for dist in importlib.metadata.distributions()
                       for entry in dist.entry_points if entry.group == "pytest11"}
-    if ("scanstream", "engine.pytest_plugin") not in pytest_plugins:
+    if ("scanstream", "engine.testing.pytest_plugin") not in pytest_plugins:
         pytest.fail("scanstream's pytest11 entry point is not installed; after setup.cfg gained it, reinstall "
                     "the package: .venv/bin/pip install --no-deps --no-build-isolation -e .")
     target, source = installed

@@ -15,8 +15,8 @@ import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
 
-from engine.phantom import LOW_DOSE_DESCRIPTION, generate_ct_phantom, low_dose_phantom, write_ct_series
-from engine.phantom_dx import generate_dx_phantom, write_dx_image
+from engine.synthetic.ct_phantom import LOW_DOSE_DESCRIPTION, generate_ct_phantom, low_dose_phantom, write_ct_series
+from engine.synthetic.dx_phantom import generate_dx_phantom, write_dx_image
 from engine.testing import EngineProcess, storescu
 
 SEG, COMPREHENSIVE_SR, SECONDARY_CAPTURE, CT = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.88.33",

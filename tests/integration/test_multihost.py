@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from engine.broker.security import create_keys
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import TEST_MODEL_CACHE, write_config
 
 SUBNET = "10.77.0"

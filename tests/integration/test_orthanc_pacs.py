@@ -14,9 +14,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from engine.peers import OrthancPeer, orthanc_available
-from engine.phantom import generate_ct_phantom, write_ct_series
-from engine.ports import free_port
+from engine.testing.peers import OrthancPeer, orthanc_available
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
+from engine.testing.ports import free_port
 from engine.testing import EngineProcess
 
 pytestmark = pytest.mark.skipif(not orthanc_available(),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pydicom
 
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
 
 ZOO = ["zoo-resnet18", "zoo-resnet50", "zoo-inception-v3", "zoo-vgg16", "zoo-ssd", "zoo-unet3d", "zoo-dcgan"]

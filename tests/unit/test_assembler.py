@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engine.receiver.assembler import Assembler, completion_reason, geometric_completion
-from engine.receiver.ledger import InstanceMeta, InstanceRow, Ledger
+from engine.ledger.store import InstanceMeta, InstanceRow, Ledger
 from engine.receiver.spool import SpoolEntry
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)

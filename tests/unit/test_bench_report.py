@@ -156,7 +156,7 @@ def test_terminal_table_renders_summary_and_percentiles() -> None:
 
 def test_bench_model_and_plugin_options_configure_the_started_engine() -> None:
     from engine.bench.run import BenchSettings, model_sections
-    from engine.cli import _plugin_options
+    from engine.commands.bench import _plugin_options
     from engine.config import ConfigError
 
     options = _plugin_options(["zoo.unet3d.patch=64", "zoo.input_size=75"])

@@ -63,7 +63,7 @@ def test_send_to_nothing_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_requeue_a_dead_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from engine.receiver.ledger import InstanceMeta, Ledger
+    from engine.ledger.store import InstanceMeta, Ledger
     from engine.receiver.spool import SpoolEntry
 
     ledger = Ledger(tmp_path / "ledger.sqlite")

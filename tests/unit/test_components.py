@@ -1,4 +1,4 @@
-"""engine.components: the same components, in the same order, as scipy.ndimage.label over the whole volume."""
+"""engine.postprocess.components: the same components, in the same order, as scipy.ndimage.label over the whole volume."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from engine.components import components
+from engine.postprocess.components import components
 
 FULL = ndimage.generate_binary_structure(3, 3)
 FACES = ndimage.generate_binary_structure(3, 1)

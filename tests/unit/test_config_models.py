@@ -14,9 +14,9 @@ import torch
 
 from engine.api import PluginError, SeriesInfo, Volume
 from engine.config import ConfigError, load_config
-from engine.config_entries import ModelEntryConfig
-from engine.config_models import EntryHandler, EntrySelector, check_entry_file, spec_for
-from engine.phantom import generate_ct_phantom
+from engine.config.entries import ModelEntryConfig
+from engine.model_files.plugin import EntryHandler, EntrySelector, check_entry_file, spec_for
+from engine.synthetic.ct_phantom import generate_ct_phantom
 from engine.runtime.artifacts import ModelArtifacts
 from engine.runtime.onnx_backend import OnnxRuntimeBackend
 from plugins.nodule_seg import load_network

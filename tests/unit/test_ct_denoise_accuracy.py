@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from engine.api import ModelRegistry, ModelSpec, SeriesInfo
 from engine.outputs.derived import DerivedSeriesWriter
-from engine.phantom import (
+from engine.synthetic.ct_phantom import (
     LOW_DOSE_DESCRIPTION,
     SOFT,
     STANDARD_NOISE_HU,

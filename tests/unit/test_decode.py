@@ -95,7 +95,7 @@ def test_pixels_match_pydicom_on_both_paths(compress: bool, tmp_path) -> None:
     import pydicom
     from pydicom.uid import RLELossless
 
-    from engine.phantom import generate_ct_phantom, write_ct_series
+    from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 
     raw = []
     for path in write_ct_series(generate_ct_phantom(9, slices=3, size=32), tmp_path):

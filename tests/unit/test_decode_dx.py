@@ -12,9 +12,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, UID
 
 from engine.api import SeriesInfo
-from engine.phantom_dx import DXPhantom, dx_dataset, generate_dx_phantom
+from engine.synthetic.dx_phantom import DXPhantom, dx_dataset, generate_dx_phantom
 from engine.receiver.assembler import IDLE, completion_reason, geometric_completion
-from engine.receiver.ledger import InstanceMeta, InstanceRow
+from engine.ledger.store import InstanceMeta, InstanceRow
 from engine.receiver.parse import parse_instance
 from engine.worker.decode import DEFAULT_ORIENTATION, decode_series, projection_orientation
 

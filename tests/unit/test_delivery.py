@@ -16,11 +16,11 @@ import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from engine.config_entries import DestinationConfig
-from engine.delivery import DeliveryService, judge_statuses
-from engine.phantom import generate_ct_phantom, write_ct_series
-from engine.ports import free_port
-from engine.receiver.ledger import InstanceMeta, Ledger
+from engine.config.entries import DestinationConfig
+from engine.delivery.service import DeliveryService, judge_statuses
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
+from engine.testing.ports import free_port
+from engine.ledger.store import InstanceMeta, Ledger
 from engine.receiver.spool import SpoolEntry
 
 
@@ -238,7 +238,7 @@ def test_delivery_over_tls_verifies_the_pacs(done_job, tmp_path: Path) -> None:
     import shutil
     import ssl
 
-    from engine.peers import make_test_pki
+    from engine.testing.peers import make_test_pki
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed; `make test` installs it")

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 import kubernetes_validate
 from engine.cli import build_parser
 from engine.config import EngineConfig, load_config
-from engine.http import HealthServer, StatusCollector
+from engine.web.health import HealthServer, StatusCollector
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"

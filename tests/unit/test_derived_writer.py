@@ -15,7 +15,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 from engine.api import ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
 from engine.outputs.derived import DERIVED_SERIES_NUMBER, DerivedSeriesWriter, fit_rescale
 from engine.outputs.uids import derived_uid
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.worker.decode import decode_series
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"

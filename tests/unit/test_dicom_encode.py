@@ -8,7 +8,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from engine.dicom_encode import element, item, padded, part10_with_elements, sequence, uid_element
+from engine.dicom.encode import element, item, padded, part10_with_elements, sequence, uid_element
 
 REFERENCED_SERIES, SOURCE_IMAGES = 0x00081115, 0x00082112
 

@@ -1,4 +1,4 @@
-"""engine.dicom_values: plain values read from raw bytes equal pydicom's; anything else is left to pydicom."""
+"""engine.dicom.values: plain values read from raw bytes equal pydicom's; anything else is left to pydicom."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pydicom.filewriter import write_dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from engine.dicom_values import NOT_PLAIN, RawHeader, plain_value
-from engine.dicom_walk import walk_dataset
-from engine.receiver.ledger import InstanceMeta
+from engine.dicom.values import NOT_PLAIN, RawHeader, plain_value
+from engine.dicom.walk import walk_dataset
+from engine.ledger.store import InstanceMeta
 from engine.receiver.parse import _expected_native_pixel_bytes
 
 VARIANTS = [

@@ -1,4 +1,4 @@
-"""engine.dicom_walk and the worker's fast header path: the same datasets and volumes as pydicom's reader."""
+"""engine.dicom.walk and the worker's fast header path: the same datasets and volumes as pydicom's reader."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pydicom.uid import (
 from tests.unit.factories import ct_slice, resave
 
 from engine.api import SeriesInfo
-from engine.dicom_values import RawHeader
-from engine.dicom_walk import MalformedDataset, read_part10, walk_dataset
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.dicom.values import RawHeader
+from engine.dicom.walk import MalformedDataset, read_part10, walk_dataset
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.worker.decode import build_volume, decode_series
-from engine.worker.fast_header import fast_instance
+from engine.dicom.fast_header import fast_instance
 
 SERIES = SeriesInfo("1.2.3", "1.2.3.4", "CT", CTImageStorage)
 

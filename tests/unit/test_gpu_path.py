@@ -68,7 +68,7 @@ def run_nodule_job(tmp_path, settings):
     from engine.api import SeriesInfo
     from engine.broker.worker_link import JobRequest
     from engine.config import EngineConfig
-    from engine.phantom import generate_ct_phantom, write_ct_series
+    from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
     from engine.plugins import load_plugins
     from engine.worker.runner import JobRunner
 

@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry
 
-from engine.http import HealthServer, StatusCollector
+from engine.web.health import HealthServer, StatusCollector
 
 
 def get(port: int, path: str) -> tuple[int, str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from engine.latency import JobTimeline, StageHistograms, percentiles
-from engine.receiver.ledger import Ledger
+from engine.ledger.latency import JobTimeline, StageHistograms, percentiles
+from engine.ledger.store import Ledger
 from tests.unit.test_ledger import SERIES, entry, meta
 
 WORKER = {"decode_s": 0.2, "preprocess_s": 0.05, "infer_s": 1.0, "postprocess_s": 0.1, "outputs_s": 0.15}

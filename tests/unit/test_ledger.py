@@ -10,8 +10,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 
-from engine.receiver import ledger as ledger_module
-from engine.receiver.ledger import AddOutcome, AddResult, InstanceMeta, Ledger, LedgerError
+from engine.ledger import store as ledger_module
+from engine.ledger.store import AddOutcome, AddResult, InstanceMeta, Ledger, LedgerError
 from engine.receiver.spool import SpoolEntry
 
 STUDY, SERIES = "1.2.3", "1.2.3.4"

@@ -1,4 +1,4 @@
-"""engine.memory: heap settings and frozen start-up objects of the engine's processes."""
+"""engine.roles.memory: heap settings and frozen start-up objects of the engine's processes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import platform
 import numpy as np
 import pytest
 
-from engine.memory import freeze_startup_objects, retain_freed_memory
+from engine.roles.memory import freeze_startup_objects, retain_freed_memory
 
 
 def test_start_up_objects_are_frozen_and_later_ones_still_collected() -> None:

@@ -36,8 +36,8 @@ from pydicom.uid import (
 )
 
 from engine.api import ModelSpec, SeriesInfo, Volume
-from engine.phantom import generate_ct_phantom
-from engine.phantom_dx import generate_dx_phantom
+from engine.synthetic.ct_phantom import generate_ct_phantom
+from engine.synthetic.dx_phantom import generate_dx_phantom
 from plugins import nodule_cls
 from plugins.nodule_cls.evaluate import (
     StudyScore,
@@ -246,7 +246,7 @@ def test_training_runs_and_is_reproducible(tmp_path, capsys) -> None:
 def test_a_dx_file_decoded_by_the_worker_gives_the_same_answer(specs, tmp_path) -> None:
     import pydicom
 
-    from engine.phantom_dx import write_dx_image
+    from engine.synthetic.dx_phantom import write_dx_image
     from engine.worker.decode import decode_series
 
     spec, phantom = specs["dx"], generate_dx_phantom(46, nodules=1, nodule_radius_mm=(7.0, 9.0))

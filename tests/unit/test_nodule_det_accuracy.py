@@ -21,7 +21,7 @@ import torch
 from pydicom.uid import CTImageStorage
 
 from engine.api import ModelRegistry, ModelResult, SeriesInfo
-from engine.phantom import CTPhantom, generate_ct_phantom
+from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom
 from plugins import nodule_det
 from plugins.nodule_det.boxes import POSITIVE, box_iou, decode, grid_anchors
 from plugins.nodule_det.evaluate import HIT_IOU, match_findings, phantom_volume, run_model

@@ -16,7 +16,7 @@ import torch
 from pydicom.uid import CTImageStorage
 
 from engine.api import ModelRegistry, ModelResult, SeriesInfo
-from engine.phantom import CTPhantom, generate_ct_phantom
+from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom
 from plugins import nodule_seg
 from plugins.nodule_seg.evaluate import dice, match_findings, phantom_volume, run_model
 

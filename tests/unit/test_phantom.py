@@ -19,7 +19,7 @@ from pydicom.uid import (
 from scipy import ndimage
 
 from engine.api import SeriesInfo
-from engine.phantom import (
+from engine.synthetic.ct_phantom import (
     AIR,
     BONE,
     FAT,

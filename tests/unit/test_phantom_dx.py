@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from pydicom.uid import DigitalXRayImageStorageForPresentation
 
-from engine.phantom import CTPhantom, generate_ct_phantom
-from engine.phantom_dx import (
+from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom
+from engine.synthetic.dx_phantom import (
     MU_WATER_PER_MM,
     STORED_PER_UNIT,
     DXPhantom,

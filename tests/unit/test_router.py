@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
-from engine.receiver.ledger import InstanceMeta, Ledger
+from engine.ledger.store import InstanceMeta, Ledger
 from engine.receiver.router import Router
 from engine.receiver.spool import SpoolEntry
 

@@ -7,7 +7,8 @@ import torch
 
 from engine.api import ModelSpec
 from engine.runtime.artifacts import ModelArtifacts
-from engine.runtime.base import Backend, BackendError, InferenceRequest, Outputs
+from engine.runtime.base import Backend, InferenceRequest, Outputs
+from engine.runtime.errors import BackendError
 
 
 class Doubler(torch.nn.Module):

@@ -38,10 +38,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
-from engine.ports import free_port
+from engine.testing.ports import free_port
 from engine.receiver import spool as spool_module
 from engine.receiver.assembler import Assembler
-from engine.receiver.ledger import Ledger
+from engine.ledger.store import Ledger
 from engine.receiver.router import Router
 from engine.receiver.scp import ReceiverError, ReceiverSCP
 from engine.receiver.spool import Spool

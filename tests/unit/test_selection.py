@@ -9,7 +9,7 @@ import torch
 
 from engine.api import ModelSpec
 from engine.runtime.artifacts import ModelArtifacts
-from engine.runtime.base import BackendUnavailable
+from engine.runtime.errors import BackendUnavailable
 from engine.runtime.selection import choose_backend, host_key, make_backend, probe_cpu
 
 

@@ -65,7 +65,7 @@ def test_plan_checks_its_fields() -> None:
 
 
 def test_nodule_handler_plan_equals_its_training_preprocessing() -> None:
-    from engine.phantom import generate_ct_phantom
+    from engine.synthetic.ct_phantom import generate_ct_phantom
     from plugins.nodule_seg.evaluate import phantom_volume
     from plugins.nodule_seg.handler import NoduleSegHandler, neighbour_step, preprocess_volume, working_size
 

@@ -12,9 +12,9 @@ from pydicom.uid import CTImageStorage, RLELossless
 from engine.api import ModelResult, SeriesInfo
 from engine.outputs.preview import PreviewWriter
 from engine.outputs.seg import SegWriter
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.worker.decode import decode_series
-from engine.worker.sources import SourceInstances, source_header
+from engine.dicom.sources import SourceInstances, source_header
 from tests.unit.factories import ct_slice, resave, writer_spec
 
 SERIES = SeriesInfo("1.2.3", "1.2.3.4", "CT", CTImageStorage)

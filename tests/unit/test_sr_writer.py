@@ -27,7 +27,7 @@ from pydicom.uid import (
 from engine.api import Finding, ImageRegion, ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
 from engine.outputs.sr import SrWriter
 from engine.outputs.uids import derived_uid
-from engine.phantom import CTPhantom, generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom, write_ct_series
 from engine.worker.decode import decode_series
 from tests.unit.factories import writer_spec
 

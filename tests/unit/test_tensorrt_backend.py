@@ -24,7 +24,8 @@ import torch
 
 from engine.runtime import tensorrt_backend
 from engine.runtime.artifacts import ModelArtifacts
-from engine.runtime.base import BackendError, BackendUnavailable, InferenceRequest
+from engine.runtime.base import InferenceRequest
+from engine.runtime.errors import BackendError, BackendUnavailable
 from engine.runtime.tensorrt_backend import (PLAN_RECIPE, PlanCache, PlanKey, TensorRTBackend, bindable, build_plan,
                                              ensure_plan, plan_key)
 from tests.unit.test_selection import tiny_spec

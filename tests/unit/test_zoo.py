@@ -35,7 +35,7 @@ from pydicom.uid import CTImageStorage
 from engine.api import ModelRegistry, ModelSpec, PluginError, SeriesInfo, Volume
 from engine.config import EngineConfig
 from engine.outputs.sr import check_regions
-from engine.phantom import generate_ct_phantom
+from engine.synthetic.ct_phantom import generate_ct_phantom
 from engine.runtime.artifacts import ModelArtifacts, network_fingerprint
 from engine.runtime.onnx_backend import OnnxRuntimeBackend
 from engine.runtime.torch_backend import TorchBackend
@@ -299,7 +299,7 @@ def test_the_untrained_label_reaches_result_json_and_the_dicom_series_descriptio
 
     from engine.outputs.result_json import ResultJsonWriter
     from engine.outputs.sr import SrWriter
-    from engine.phantom import write_ct_series
+    from engine.synthetic.ct_phantom import write_ct_series
     from engine.worker.decode import decode_series
 
     paths = write_ct_series(generate_ct_phantom(7014, slices=2, size=32, nodules=0), tmp_path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from engine.phantom import BONE
+from engine.synthetic.ct_phantom import BONE
 from engine.testing import PhantomStudy, read_seg_mask
 from scanstream_example import MODEL_NAME
 from scanstream_example.network import THRESHOLD_HU

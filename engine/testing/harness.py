@@ -1,9 +1,9 @@
-"""Helpers for tests of ScanStream and of its plugins: a real engine in a subprocess, and a pytest plugin.
+"""Helpers for tests of ScanStream and of its plugins: a real engine in a subprocess, phantom studies, sending.
 
 ``EngineProcess`` starts ``scanstream serve`` on free loopback ports with its own
 data folder and config, waits for ``/readyz``, and stops it with SIGTERM.
 
-:mod:`engine.pytest_plugin` (the pytest plugin ``scanstream``, entry point
+:mod:`engine.testing.pytest_plugin` (the pytest plugin ``scanstream``, entry point
 ``pytest11``) turns these into fixtures for a plugin package's tests once
 scanstream is installed:
 
@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from engine.ports import free_port
+from engine.testing.ports import free_port
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from engine.phantom import CTPhantom
-    from engine.receiver.ledger import JobRow, Ledger
+    from engine.synthetic.ct_phantom import CTPhantom
+    from engine.ledger.store import JobRow, Ledger
 
 
 def _toml_key(key: str) -> str:
@@ -161,7 +161,7 @@ class EngineProcess:
 
     def ledger(self) -> "Ledger":
         """A reader on the engine's ledger (SQLite WAL allows it beside the writer)."""
-        from engine.receiver.ledger import Ledger
+        from engine.ledger.store import Ledger
 
         return Ledger(self.data_dir / "ledger.sqlite")
 
@@ -233,10 +233,10 @@ class PhantomStudy:
 
 def make_phantom_study(folder: Path, seed: int = PHANTOM_STUDY_SEED, *, series_description: str = "Phantom chest CT",
                        body_part: str = "CHEST", **phantom_args: Any) -> PhantomStudy:
-    """Generate a phantom CT (``phantom_args`` go to :func:`engine.phantom.generate_ct_phantom`) and write it."""
+    """Generate a phantom CT (``phantom_args`` go to :func:`engine.synthetic.ct_phantom.generate_ct_phantom`) and write it."""
     from pydicom.uid import generate_uid
 
-    from engine.phantom import generate_ct_phantom, write_ct_series
+    from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 
     phantom_args.setdefault("nodules", PHANTOM_STUDY_NODULES)
     phantom = generate_ct_phantom(seed, **phantom_args)
@@ -366,7 +366,7 @@ def send_and_wait(study: PhantomStudy | Path | str | Sequence[Path | str], engin
             raise AssertionError(f"storescu exited with {sent.returncode}:\n{sent.stderr}\n{engine.log_tail()}")
         sender = "storescu"
     else:
-        from engine.sender import send_files
+        from engine.dicom.store_scu import send_files
 
         report = send_files(files, "127.0.0.1", engine.port, engine.ae_title, calling_aet)
         if report.failed or report.sent != len(files):
@@ -378,7 +378,7 @@ def send_and_wait(study: PhantomStudy | Path | str | Sequence[Path | str], engin
 
 def _wait_for_final(engine: EngineProcess, study_uids: Sequence[str], series_uids: set[str], min_jobs: int,
                     timeout: float) -> list["JobRow"]:
-    from engine.receiver.ledger import FINAL_JOB_STATES
+    from engine.ledger.store import FINAL_JOB_STATES
 
     deadline = time.monotonic() + timeout
     ledger = engine.ledger()

@@ -7,22 +7,37 @@ study, and prints what each model found next to the phantom's truth.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
 from pathlib import Path
 
-from engine.cli import with_overrides
-from engine.config import EngineConfig
-from engine.ports import free_port
+from engine.commands.common import add_command, config_from_args
+from engine.config import EngineConfig, with_overrides
+from engine.testing.ports import free_port
 from engine.logs import configure_logging, get_logger
-from engine.phantom import generate_ct_phantom, write_ct_series
+from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.plugins import load_plugins
-from engine.receiver.ledger import Ledger
-from engine.roles import ReceiverRole, WorkerSupervisor
-from engine.sender import send_files
+from engine.ledger.store import Ledger
+from engine.roles.receiver import ReceiverRole
+from engine.roles.supervisor import WorkerSupervisor
+from engine.dicom.store_scu import send_files
 
 log = get_logger(__name__)
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``demo``."""
+    demo = add_command(sub, "demo", cmd_demo, "start the engine, send a phantom CT study, print the findings")
+    demo.add_argument("--data-dir", type=Path)
+    demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--timeout", type=float, default=180.0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the engine, send a phantom CT study over DICOM, print the findings."""
+    return run_demo(config_from_args(args), seed=args.seed, timeout=args.timeout)
 
 
 def wait_for_study(ledger: Ledger, study_uid: str, timeout: float) -> list:

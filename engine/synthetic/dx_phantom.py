@@ -1,6 +1,6 @@
 """Generated PA chest radiographs (DX) with known nodules, projected from the phantom chest CT.
 
-The CT phantom (:func:`engine.phantom.generate_ct_phantom`) is turned into
+The CT phantom (:func:`engine.synthetic.ct_phantom.generate_ct_phantom`) is turned into
 linear attenuation (``mu = mu_water * (1 + HU / 1000)``), integrated along the
 anterior-posterior axis (the CT row axis, y) as a parallel-beam projection,
 resampled to square pixels with the head at the top, blurred a little
@@ -16,7 +16,7 @@ and more stand out, while 3 mm ones (two pixels of 1.4 mm) hide among
 vessels, ribs and the mediastinum edge, as on a real radiograph. ``write_dx_image`` writes one Digital X-Ray Image
 Storage - For Presentation file::
 
-    python -m engine.phantom_dx OUT_DIR --seed 7
+    python -m engine.synthetic.dx_phantom OUT_DIR --seed 7
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from scipy import ndimage
 
-from engine.phantom import NODULE_RADIUS_MM, CTPhantom, generate_ct_phantom
+from engine.synthetic.ct_phantom import NODULE_RADIUS_MM, CTPhantom, generate_ct_phantom
 
 MU_WATER_PER_MM = 0.02  # linear attenuation of water at an effective energy of about 60 keV (0.2 / cm)
 DEFAULT_SLICES = 96  # 96 slices of 2.5 mm: a 24 cm chest, lung apex to base
@@ -250,7 +250,7 @@ def write_dx_image(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write a phantom radiograph: ``python -m engine.phantom_dx OUT_DIR [--seed N] [--nodules K] [--slices S]``."""
+    """Write a phantom radiograph: ``python -m engine.synthetic.dx_phantom OUT_DIR [--seed N] [--nodules K] [--slices S]``."""
     parser = argparse.ArgumentParser(description="Write a phantom PA chest radiograph as one DICOM DX file")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=7)

@@ -2,7 +2,7 @@
 
 A built-in plugin: for each entry it builds a selector from the entry's header
 rules, a handler from its preprocessing and output family (the network contract
-is in :class:`engine.config_entries.ModelEntryConfig`), and checks the file at
+is in :class:`engine.config.entries.ModelEntryConfig`), and checks the file at
 start-up (it exists, loads, and its input and output shapes fit the family), so
 a bad entry stops start-up with a message naming it instead of failing jobs.
 """
@@ -18,9 +18,9 @@ import torch
 
 from engine import hookimpl
 from engine.api import Finding, ImageRegion, ModelRegistry, ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
-from engine.boxes import pairwise_iou
+from engine.postprocess.boxes import pairwise_iou
 from engine.config import EngineConfig
-from engine.config_entries import ModelEntryConfig
+from engine.config.entries import ModelEntryConfig
 from engine.kernels.cpu import resize_slices, run_slice_plan
 from engine.kernels.plan import Intensity, SlicePlan
 
@@ -56,7 +56,7 @@ class EntrySelector:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two corner boxes (:func:`engine.boxes.pairwise_iou` of one box each)."""
+    """IoU of two corner boxes (:func:`engine.postprocess.boxes.pairwise_iou` of one box each)."""
     return float(pairwise_iou(torch.as_tensor(a, dtype=torch.float64)[None],
                               torch.as_tensor(b, dtype=torch.float64)[None])[0, 0])
 

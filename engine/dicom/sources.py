@@ -5,7 +5,7 @@ of its segmented planes), yet building all of them (every top-level element
 kept as a raw element, a pydicom dataset per file) was half of decoding a
 series (~13 ms of ~27 for 48 CT slices). The decode walks each file once,
 keeping only :data:`SOURCE_HEADER_TAGS`; a dataset is built from the file when
-a writer first asks for it, by the same walk :func:`~engine.dicom_walk.read_part10`
+a writer first asks for it, by the same walk :func:`~engine.dicom.walk.read_part10`
 does, so it is the dataset an eager decode would have given.
 """
 
@@ -18,9 +18,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
-from engine.dicom_values import RawHeader
-from engine.dicom_walk import read_part10
-from engine.worker.fast_header import FAST_HEADER_TAGS
+from engine.dicom.values import RawHeader
+from engine.dicom.walk import read_part10
+from engine.dicom.fast_header import FAST_HEADER_TAGS
 
 # What the writers read of every source without needing the dataset: the references and positions of a SEG.
 SOURCE_HEADER_TAGS = FAST_HEADER_TAGS | {BaseTag(tag) for tag in (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)}

@@ -7,7 +7,7 @@ little in-plane blur (partial volume) and Gaussian noise. Fully vectorised and
 deterministic per seed. ``write_ct_series`` writes one CT Image Storage file
 per slice with real geometry, so the engine sees what a scanner sends::
 
-    python -m engine.phantom OUT_DIR --seed 7
+    python -m engine.synthetic.ct_phantom OUT_DIR --seed 7
     storescu -aec SCANSTREAM 127.0.0.1 11112 OUT_DIR/*.dcm
 
 Coordinates are DICOM patient coordinates (LPS, mm) with the isocentre at the
@@ -350,7 +350,7 @@ def write_ct_series(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Write a phantom study: ``python -m engine.phantom OUT_DIR [--seed N] [--nodules K] [--syntax rle]``.
+    """Write a phantom study: ``python -m engine.synthetic.ct_phantom OUT_DIR [--seed N] [--nodules K] [--syntax rle]``.
 
     ``--low-dose D`` writes its low-dose version (:func:`low_dose_phantom`) for the ``ct-denoise`` model.
     """

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from engine.config_entries import DestinationConfig
+from engine.config.entries import DestinationConfig
 from engine.logs import get_logger
-from engine.receiver.ledger import DeliveryRow, Ledger
-from engine.sender import SendError, read_headers, store_files
+from engine.ledger.store import DeliveryRow, Ledger
+from engine.dicom.store_scu import SendError, read_headers, store_files
 
 log = get_logger(__name__)
 

@@ -58,7 +58,7 @@ class DestinationConfig(_Entry):
         """The client TLS context for this destination, or None without TLS."""
         if not self.tls:
             return None
-        from engine.tls import client_context
+        from engine.dicom.tls import client_context
 
         return client_context(self.tls_ca_certificates, self.tls_certificate, self.tls_private_key,
                               self.tls_check_hostname, prefix=f"destinations.{self.name}.")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.ports import free_port
+from engine.testing.ports import free_port
 
 ORTHANC_BINARY = "Orthanc"
 

@@ -2,7 +2,7 @@
 
 Boxes are corner boxes (x_min, y_min, x_max, y_max) in any one unit. The
 built-in detector (``plugins.nodule_det``), the benchmark SSD (``plugins.zoo``)
-and config-only detection models (``engine.config_models``) all prune and
+and config-only detection models (``engine.model_files.plugin``) all prune and
 group their boxes with these, so a fix or a speed-up lands everywhere.
 """
 

@@ -96,12 +96,47 @@ class _Walker:
         self.found.elements[key] = RawDataElement(key, vr_text, length, self.data[start:stop], start, implicit,
                                                   self.little)
 
+    def _element_header(self, pos: int, implicit: bool) -> tuple[bytes, int, int]:
+        """The VR (empty in implicit VR), value length and value offset of the element whose tag is at ``pos``."""
+        data = self.data
+        if implicit:
+            (length,) = self._long.unpack_from(data, pos + 4)
+            return b"", length, pos + 8
+        vr = data[pos + 4:pos + 6]
+        if vr not in _VR_TEXT and not (vr.isalpha() and vr.isupper()):
+            raise MalformedDataset(f"invalid VR at byte {pos + 4}", truncated=False)
+        if vr not in _LONG_VRS:
+            (length,) = self._short.unpack_from(data, pos + 6)
+            return vr, length, pos + 8
+        if pos + 12 > len(data):
+            raise self._truncated("an element header", pos)
+        (length,) = self._long.unpack_from(data, pos + 8)
+        return vr, length, pos + 12
+
+    def _value_end(self, tag: int, vr: bytes, length: int, start: int, depth: int, implicit: bool) -> tuple[int, int]:
+        """Where the value starting at ``start`` ends and where the next element starts (they differ when an
+        undefined length is walked to its delimiter)."""
+        if length == UNDEFINED_LENGTH:
+            pos = self.items(start, depth + 1, implicit=implicit or vr == b"UN")
+            return pos - 8, pos  # the sequence delimiter is not part of the value
+        if start + length > len(self.data):
+            raise self._truncated(f"the value of {BaseTag(tag)}", start)
+        return start + length, start + length
+
+    def _top_level(self, tag: int, vr: bytes, length: int, start: int, stop: int, implicit: bool) -> None:
+        """Note the pixel data facts and keep the element when it was asked for."""
+        if tag in PIXEL_TAGS:
+            self.found.has_pixels = True
+            if tag == PIXEL_DATA:
+                self.found.pixel_data_length = length
+        if self.keep is None or tag in self.keep:
+            self._keep(tag, vr, length, start, stop, implicit)
+
     def elements(self, pos: int, depth: int, in_item: bool, implicit: bool) -> int:
         """Walk elements from ``pos`` to the end (top level) or to the item delimiter; returns the end."""
         if depth > _MAX_DEPTH:
             raise MalformedDataset(f"sequences nested deeper than {_MAX_DEPTH}", truncated=False)
-        data, end, keep = self.data, len(self.data), self.keep
-        unpack_tag, unpack_long, unpack_short = self._tag.unpack_from, self._long.unpack_from, self._short.unpack_from
+        data, end, unpack_tag = self.data, len(self.data), self._tag.unpack_from
         while pos < end:
             if pos + 8 > end:
                 raise self._truncated("an element header", pos)
@@ -113,37 +148,10 @@ class _Walker:
                 return pos + 8
             if group == 0xFFFE:
                 raise MalformedDataset(f"unexpected delimiter {BaseTag(tag)} at byte {pos}", truncated=False)
-            vr = b""
-            if implicit:
-                (length,) = unpack_long(data, pos + 4)
-                pos += 8
-            else:
-                vr = data[pos + 4:pos + 6]
-                if vr not in _VR_TEXT and not (vr.isalpha() and vr.isupper()):
-                    raise MalformedDataset(f"invalid VR at byte {pos + 4}", truncated=False)
-                if vr in _LONG_VRS:
-                    if pos + 12 > end:
-                        raise self._truncated("an element header", pos)
-                    (length,) = unpack_long(data, pos + 8)
-                    pos += 12
-                else:
-                    (length,) = unpack_short(data, pos + 6)
-                    pos += 8
-            if depth == 0 and tag in PIXEL_TAGS:
-                self.found.has_pixels = True
-                if tag == PIXEL_DATA:
-                    self.found.pixel_data_length = length
-            start = pos
-            if length == UNDEFINED_LENGTH:
-                pos = self.items(pos, depth + 1, implicit=implicit or vr == b"UN")
-                value_end = pos - 8  # the sequence delimiter is not part of the value
-            elif pos + length > end:
-                raise self._truncated(f"the value of {BaseTag(tag)}", pos)
-            else:
-                pos += length
-                value_end = pos
-            if depth == 0 and (keep is None or tag in keep):
-                self._keep(tag, vr, length, start, value_end, implicit)
+            vr, length, start = self._element_header(pos, implicit)
+            value_end, pos = self._value_end(tag, vr, length, start, depth, implicit)
+            if depth == 0:
+                self._top_level(tag, vr, length, start, value_end, implicit)
         if in_item:
             raise self._truncated("an item without its delimiter", pos)
         return pos

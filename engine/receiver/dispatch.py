@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 from engine.broker.broker import CLEAN_REASONS, OutgoingJob, WorkerInfo
-from engine.latency import StageHistograms
+from engine.ledger.latency import StageHistograms
 from engine.logs import get_logger
 from engine.outputs.store import ResultStore
-from engine.receiver.ledger import Ledger
+from engine.ledger.store import Ledger
 from engine.receiver.spool import Spool
 
 log = get_logger(__name__)

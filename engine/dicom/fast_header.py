@@ -4,7 +4,7 @@ Reading a dozen attributes through pydicom costs ~0.6 ms per CT slice
 (keyword lookup, value conversion and validation each time); the worker does
 it for every instance of every job. For the common case, one uncompressed
 little-endian grayscale frame per instance, the values are parsed here from
-the bytes :func:`engine.dicom_walk.read_part10` indexed, in microseconds.
+the bytes :func:`engine.dicom.walk.read_part10` indexed, in microseconds.
 Anything else (multi-frame and enhanced images, compressed or colour pixels,
 signed values with unused high bits, a value that does not parse) gives None
 and the caller reads the instance through pydicom, which also words the errors.
@@ -19,8 +19,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from engine.dicom_values import NOT_PLAIN, plain_value
-from engine.dicom_walk import PIXEL_DATA, Part10Header
+from engine.dicom.values import NOT_PLAIN, plain_value
+from engine.dicom.walk import PIXEL_DATA, Part10Header
 
 NATIVE_LITTLE_ENDIAN = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian})
 ROWS, COLUMNS, SAMPLES = BaseTag(0x00280010), BaseTag(0x00280011), BaseTag(0x00280002)

@@ -24,8 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from engine.api import SeriesInfo
-from engine.dicom_values import RawHeader
-from engine.latency import JobTimeline
+from engine.dicom.values import RawHeader
+from engine.ledger.latency import JobTimeline
 from engine.receiver.spool import SpoolEntry
 
 DuplicatePolicy = Literal["keep_first", "replace"]

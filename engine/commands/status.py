@@ -1,0 +1,53 @@
+"""``scanstream status``: studies, queue depth, in-flight and failed jobs, failed deliveries, latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from engine.commands.common import add_command, config_from_args, open_ledger
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``status``."""
+    status = add_command(sub, "status", cmd_status,
+                         "counts of studies, series and jobs by state; failed jobs and deliveries; latency")
+    status.add_argument("--data-dir", type=Path)
+    status.add_argument("--json", action="store_true")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
+    from engine.ledger.latency import percentiles
+
+    ledger = open_ledger(config_from_args(args))
+    if ledger is None:
+        return 1
+    try:
+        counts = ledger.status_counts()
+        failed = [job for job in ledger.list_jobs() if job.state in ("failed", "dead")]
+        undelivered = [row for row in ledger.deliveries() if row.state == "failed"]
+        latency = percentiles(ledger.timelines())
+    finally:
+        ledger.close()
+    if args.json:
+        print(json.dumps({"counts": counts, "failed": [
+            {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed],
+            "failed_deliveries": [{"job": d.job_id, "destination": d.destination, "attempts": d.attempts,
+                                   "reason": d.reason} for d in undelivered],
+            "latency_s": latency}, indent=2))
+        return 0
+    for key, value in counts.items():
+        print(f"{key:>22}: {value}")
+    for job in failed:
+        print(f"  {job.state}: job {job.job_id} model {job.model}: {job.reason}")
+    for row in undelivered:
+        print(f"  delivery failed: job {row.job_id} to {row.destination} after {row.attempts} attempt(s): {row.reason}")
+    if latency:
+        print("latency of done jobs (seconds):")
+        print(f"{'stage':>14} {'count':>6} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")
+        for stage, row in latency.items():
+            print(f"{stage:>14} {row['count']:>6} {row['p50']:>9.4f} {row['p95']:>9.4f} {row['p99']:>9.4f} "
+                  f"{row['max']:>9.4f}")
+    return 0

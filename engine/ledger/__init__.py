@@ -1,0 +1,1 @@
+"""The ledger (SQLite): the record of instances, series, studies, jobs and deliveries, and the views read from it."""

@@ -1,0 +1,1 @@
+"""Models registered from configuration alone (``[[models]]`` entries): their selectors, handlers and file checks."""

@@ -1,0 +1,1 @@
+"""Postprocessing shared by models: box arithmetic for detectors, connected components of masks."""

@@ -1,0 +1,150 @@
+"""The receiver role, wired from config: SCP, spool, ledger, assembler, router, broker, delivery, HTTP.
+
+``ReceiverRole`` owns everything stateful on the receiving host.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from engine.broker.broker import Broker
+from engine.config import EngineConfig
+from engine.delivery.service import DeliveryService
+from engine.ledger.latency import DELIVERY_STAGES, StageHistograms
+from engine.ledger.store import Ledger
+from engine.ledger.study_report import study_report
+from engine.logs import get_logger
+from engine.outputs.store import ResultStore
+from engine.plugins import LoadedPlugins
+from engine.receiver.assembler import Assembler
+from engine.receiver.audit import AuditTrail
+from engine.receiver.dispatch import LedgerJobSource
+from engine.receiver.router import Router
+from engine.receiver.scp import ReceiverSCP
+from engine.receiver.spool import Spool
+from engine.roles.memory import freeze_startup_objects
+from engine.web.health import HealthServer, StatusCollector
+
+log = get_logger(__name__)
+
+STUDY_RECHECK_S = 1.0  # a waiting study report looks again at least this often (series completing)
+
+
+class ReceiverRole:
+    """SCP, spool, ledger, assembler, router, broker and the health endpoint of one host."""
+
+    def __init__(self, config: EngineConfig, plugins: LoadedPlugins) -> None:
+        storage = config.storage
+        storage.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.ledger = Ledger(storage.ledger_path)
+        self.spool = Spool(storage.spool_dir, recent_bytes=storage.recent_cache_bytes)
+        self.results = ResultStore(storage.results_dir)
+        self.metrics = CollectorRegistry()
+        self.histograms = StageHistograms(self.metrics)
+        self.delivery = DeliveryService(self.ledger, config.destinations, on_sent=self._delivered)
+        self.broker = Broker(
+            config.broker.bind,
+            LedgerJobSource(self.ledger, self.spool, self.results, self.histograms,
+                            deliveries=self.delivery.destinations_for, on_done=self.delivery.wake),
+            heartbeat_interval=config.broker.heartbeat_interval_s,
+            liveness=config.broker.heartbeat_liveness,
+            curve=config.broker.curve(),
+        )
+        self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts,
+                             priority_values=config.routing.priority_values, enabled=config.routing.models)
+        self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
+        receiver = config.receiver
+        self.scp = ReceiverSCP(
+            receiver.ae_title,
+            receiver.host,
+            receiver.port,
+            self.spool,
+            self.ledger,
+            self._instance_stored,
+            max_associations=receiver.max_associations,
+            allowed_calling_aets=receiver.allowed_calling_aets,
+            max_instance_bytes=receiver.max_instance_bytes,
+            max_study_bytes=receiver.max_study_bytes,
+            max_pdu=receiver.max_pdu_bytes,
+            acse_timeout=receiver.acse_timeout_s,
+            dimse_timeout=receiver.dimse_timeout_s,
+            network_timeout=receiver.network_timeout_s,
+            duplicate_policy=receiver.duplicate_policy,
+            min_free_bytes=storage.min_free_bytes,
+            audit=AuditTrail(storage.data_dir / "audit.log"),
+            priority_tag=config.routing.priority_tag,
+            tls=receiver.tls_context(),
+            tls_port=receiver.tls_port,
+            plain=receiver.plain_enabled,
+        )
+        self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
+                                              self.ledger.received_totals, self.ledger.delivery_counts))
+        self.http = HealthServer(config.http.host, config.http.port, self.metrics, self.ready, self.study_report)
+        self._started = False
+
+    def _delivered(self, job_id: str) -> None:
+        """A job's results reached a destination: add the delivery stages to the histograms."""
+        for timeline in self.ledger.timelines([job_id]):
+            self.histograms.observe(timeline, DELIVERY_STAGES)
+
+    def _instance_stored(self, series_uid: str) -> None:
+        self.assembler.check(series_uid, time.time())
+
+    def study_report(self, study_uid: str, wait_s: float = 0.0) -> dict[str, Any] | None:
+        """A study's series and jobs with their stage timings (``GET /api/studies/<uid>``); None if unknown.
+
+        With ``wait_s`` the answer waits (up to that long) for the study to be
+        final, woken by every job or delivery state change and at least once a
+        second: a client waiting for results asks once instead of polling.
+
+        The report is :func:`engine.ledger.study_report.study_report`'s.
+        """
+        deadline = time.monotonic() + max(0.0, wait_s)
+        seen = self.ledger.job_changes()
+        report = study_report(self.ledger, study_uid)
+        while report is not None and not report["final"] and (remaining := deadline - time.monotonic()) > 0:
+            seen = self.ledger.wait_job_change(seen, min(remaining, STUDY_RECHECK_S))
+            if not self._started:  # stopping: answer with what was known rather than ask a closing ledger
+                break
+            report = study_report(self.ledger, study_uid)
+        return report
+
+    def _job_counts(self) -> dict[str, int]:
+        return self.ledger.job_counts()
+
+    def ready(self) -> bool:
+        """Ready once every part has started."""
+        return self._started
+
+    def start(self) -> None:
+        """Recover from the ledger, start broker, assembler and HTTP, and the SCP last."""
+        requeued = self.ledger.requeue_leased_on_start()
+        self.broker.start()
+        for series_uid, revision in self.ledger.complete_series_revisions():
+            self.router.route(series_uid, revision)
+        self.assembler.start(tick=self.config.assembler.tick_s)
+        self.delivery.start()
+        self.http.start()
+        self.scp.start()
+        self._started = True
+        freeze_startup_objects()
+        log.info("receiver.started", ae_title=self.config.receiver.ae_title, port=self.scp.port,
+                 tls_port=self.scp.tls_port, broker=self.broker.bound_address, http_port=self.http.port,
+                 requeued_jobs=requeued)
+
+    def stop(self) -> None:
+        """Stop accepting, then stop the rest; the ledger is left consistent."""
+        self._started = False
+        self.scp.stop()
+        self.assembler.stop()
+        self.broker.stop()
+        self.delivery.stop()
+        self.http.stop()
+        self.ledger.close()
+        log.info("receiver.stopped")
+
+

@@ -1,0 +1,1 @@
+"""The HTTP side: health, readiness, metrics and the study API."""
