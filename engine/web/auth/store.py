@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
@@ -85,10 +86,11 @@ class AccessStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # password hashes: the engine's account only
+        self.path.chmod(0o600)  # SQLite gives its WAL and shared-memory files the same mode
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self.path.chmod(0o600)  # password hashes: readable by the engine's account only
         self._migrate()
 
     def _migrate(self) -> None:
