@@ -40,10 +40,11 @@ def client_address(request: Request) -> str:
 
 
 def is_loopback(address: str) -> bool:
+    """Whether an address (or ``localhost``) is this host's own."""
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
-        return address in ("localhost", "testclient")
+        return address == "localhost"
 
 
 def _bearer(request: Request) -> str | None:

@@ -77,12 +77,12 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
           next: str = Form("/")) -> Response:  # noqa: A002
     """Check the password (throttled), open a session and go on; refusals say why without saying which part."""
     console, address, target = console_of(request), client_address(request), safe_next(next)
+    if _plain_http_from_network(request):  # first: a browser there never sends the Secure form cookie back
+        console.record("console-login-refused", username[:64], address, reason="plain HTTP from the network")
+        return _login_page(request, target, "Signing in over plain HTTP is only allowed from this host.", 403)
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not hmac.compare_digest(expected.encode(), csrf_token.encode()):
         return _login_page(request, target, "The form had expired: please sign in again.", 403)
-    if _plain_http_from_network(request):
-        console.record("console-login-refused", username[:64], address, reason="plain HTTP from the network")
-        return _login_page(request, target, "Signing in over plain HTTP is only allowed from this host.", 403)
     now = time.time()
     keys = (f"user:{username.lower()[:64]}", f"address:{address}")
     wait = console.throttle.retry_after(keys, now)
