@@ -9,6 +9,7 @@ model and kept.
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -27,8 +28,17 @@ def describe_selector(selector: Selector) -> str:
         return "; ".join([*facts, f"at least {rule.min_slices} slice(s)"])
     doc = inspect.getdoc(selector)
     if doc:
-        return doc.split("\n\n")[0].replace("\n", " ")
+        return _ROLE.sub(lambda match: _value(selector, match.group(1)), doc.split("\n\n")[0].replace("\n", " "))
     return getattr(selector, "__qualname__", type(selector).__name__)
+
+
+_ROLE = re.compile(r":\w+:`~?([\w.]+)`")  # a Sphinx cross-reference such as :data:`MIN_SLICES`
+
+
+def _value(selector: Selector, name: str) -> str:
+    """A constant a docstring names, as its value where the selector's module has one (``MIN_SLICES`` -> 16)."""
+    value = getattr(inspect.getmodule(selector), name.rsplit(".", 1)[-1], None)
+    return str(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else name
 
 
 @dataclass(frozen=True)

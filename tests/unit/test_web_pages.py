@@ -114,3 +114,17 @@ def test_audit_log_is_read_newest_first_across_blocks_skipping_torn_lines(tmp_pa
     entries, more = audit_page(path, 197, 5, event="e0")
     assert [e["n"] for e in entries] == [6, 3, 0] and not more
     assert audit_page(tmp_path / "none.log", 0, 5) == ([], False)
+
+
+def test_selectors_are_described_from_config_rules_or_docstrings() -> None:
+    from types import SimpleNamespace
+
+    from engine.config.entries import SelectorConfig
+    from engine.web.models_view import describe_selector
+    from plugins.nodule_seg import MIN_SLICES, takes_series
+
+    assert describe_selector(takes_series).startswith(f"CT series of at least {MIN_SLICES} slices")
+    rule = SimpleNamespace(entry=SimpleNamespace(selector=SelectorConfig(modality=["CT"], series_description="lung",
+                                                                         min_slices=5)))
+    assert describe_selector(rule) == "modality in ['CT']; series_description matches lung; at least 5 slice(s)"
+    assert describe_selector(lambda series: True) == "<lambda>"
