@@ -127,4 +127,4 @@ def test_selectors_are_described_from_config_rules_or_docstrings() -> None:
     rule = SimpleNamespace(entry=SimpleNamespace(selector=SelectorConfig(modality=["CT"], series_description="lung",
                                                                          min_slices=5)))
     assert describe_selector(rule) == "modality in ['CT']; series_description matches lung; at least 5 slice(s)"
-    assert describe_selector(lambda series: True) == "<lambda>"
+    assert describe_selector(lambda series: True).endswith("<lambda>")  # no docstring: its name
