@@ -573,6 +573,24 @@ def test_healthcheck_receiver_follows_healthz(healthcheck) -> None:
     assert not ok and "/healthz" in message
 
 
+def test_healthcheck_receiver_uses_https_when_the_console_serves_it(healthcheck, tmp_path: Path) -> None:
+    from engine.config import load_config
+    from engine.testing.peers import make_test_pki
+    from engine.web.server import tls_context
+
+    pki = make_test_pki(tmp_path / "pki")
+    env = {"SCANSTREAM_HTTP__TLS_ENABLED": "true", "SCANSTREAM_HTTP__TLS_CERTIFICATE": str(pki / "server.crt"),
+           "SCANSTREAM_HTTP__TLS_PRIVATE_KEY": str(pki / "server.key")}
+    server = WebServer(create_app(CollectorRegistry(), lambda: []), "127.0.0.1", 0,
+                       tls=tls_context(load_config(None, env)))
+    server.start()
+    try:
+        ok, message = healthcheck.check(["receiver"], {**env, "SCANSTREAM_HTTP__PORT": str(server.port)})
+        assert ok and message.startswith("https://127.0.0.1:"), message
+    finally:
+        server.stop()
+
+
 def test_healthcheck_worker_follows_its_broker_connection(healthcheck) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
