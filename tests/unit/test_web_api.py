@@ -104,7 +104,7 @@ def test_jobs_and_deliveries_filter_and_page(api, setup: ConsoleSetup) -> None:
 def test_workers_models_summary_and_audit(api, setup: ConsoleSetup) -> None:
     (worker,) = api.get("/api/workers").json()
     assert (worker["host"], worker["models"], worker["in_flight"]) == ("gpu-host", ["model-done"], 1)
-    assert 1.0 <= worker["seen_s_ago"] < 60
+    assert worker["seen_s_ago"] >= 2.0  # heard 2 s before the module was loaded
     models = api.get("/api/models").json()
     (model,) = models["models"]
     assert (model["name"], model["backend"], model["routed"]) == ("brain-mr", "torch on cpu: test", True)
