@@ -14,6 +14,7 @@ import getpass
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from engine.commands.common import add_command, config_from_args
 
@@ -42,10 +43,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         action.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS)
 
 
-def _store(args: argparse.Namespace):
-    from engine.web.auth.store import AccessStore
+def _with_store(args: argparse.Namespace, action: Callable[[Any], str]) -> int:
+    """Run ``action`` on the data folder's users file and print what it says; an AccessError is exit 2."""
+    from engine.web.auth.store import AccessError, AccessStore
 
-    return AccessStore(config_from_args(args).storage.users_path)
+    store = AccessStore(config_from_args(args).storage.users_path)
+    try:
+        print(action(store))
+    except AccessError as error:
+        print(f"scanstream users: {error}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0
 
 
 def _password(args: argparse.Namespace) -> str | None:
@@ -66,64 +76,42 @@ def _password(args: argparse.Namespace) -> str | None:
 
 def cmd_users_add(args: argparse.Namespace) -> int:
     """Add a user and print their first API token."""
-    from engine.web.auth.store import AccessError
-
     password = _password(args)
     if password is None:
         return 2
-    store = _store(args)
-    try:
+
+    def add(store: Any) -> str:
         store.add_user(args.name, args.role, password, time.time())
         token = store.issue_token(args.name, time.time())
-    except AccessError as error:
-        print(f"scanstream users: {error}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(f"added {args.name} ({args.role}); sign in to the console with the password")
-    print(f"API token (shown once; send as 'Authorization: Bearer <token>'): {token}")
-    return 0
+        return (f"added {args.name} ({args.role}); sign in to the console with the password\n"
+                f"API token (shown once; send as 'Authorization: Bearer <token>'): {token}")
+
+    return _with_store(args, add)
 
 
 def cmd_users_list(args: argparse.Namespace) -> int:
     """Every user, their role and whether they hold an API token."""
-    store = _store(args)
-    try:
+    def listing(store: Any) -> str:
         users = store.users()
-    finally:
-        store.close()
-    if not users:
-        print("no users: add the first with `scanstream users add NAME --role operator`")
-    for user, tokens in users:
-        print(f"{user.name}  {user.role}  {'token' if tokens else 'no token'}")
-    return 0
+        return "\n".join(f"{user.name}  {user.role}  {'token' if tokens else 'no token'}" for user, tokens in users) \
+            or "no users: add the first with `scanstream users add NAME --role operator`"
+
+    return _with_store(args, listing)
 
 
 def cmd_users_token(args: argparse.Namespace) -> int:
     """Replace a user's API token with a new one and print it."""
-    from engine.web.auth.store import AccessError
-
-    store = _store(args)
-    try:
-        token = store.issue_token(args.name, time.time())
-    except AccessError as error:
-        print(f"scanstream users: {error}", file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print(f"API token for {args.name} (shown once; the previous one no longer works): {token}")
-    return 0
+    return _with_store(args, lambda store: f"API token for {args.name} (shown once; the previous one no longer "
+                                           f"works): {store.issue_token(args.name, time.time())}")
 
 
 def cmd_users_remove(args: argparse.Namespace) -> int:
     """Remove a user (their token and sessions stop working at once)."""
-    store = _store(args)
-    try:
-        removed = store.remove_user(args.name)
-    finally:
-        store.close()
-    if not removed:
-        print(f"scanstream users: no user {args.name!r}", file=sys.stderr)
-        return 1
-    print(f"removed {args.name}")
-    return 0
+    from engine.web.auth.store import AccessError
+
+    def remove(store: Any) -> str:
+        if not store.remove_user(args.name):
+            raise AccessError(f"no user {args.name!r}")
+        return f"removed {args.name}"
+
+    return _with_store(args, remove)

@@ -116,6 +116,12 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def _equal(*pairs: tuple[str, str]) -> tuple[list[str], list[Any]]:
+    """``column = ?`` clauses and their parameters for the (column, value) pairs with a value."""
+    given = [(column, value) for column, value in pairs if value]
+    return [f"{column} = ?" for column, _ in given], [value for _, value in given]
+
+
 def _split(text: str | None) -> list[str]:
     return sorted(set(filter(None, (text or "").split("\x1f"))))
 
@@ -213,40 +219,37 @@ class LedgerReader:
 
     def jobs(self, filters: JobFilters, offset: int, limit: int) -> tuple[list[JobListRow], int]:
         """One page of jobs the filters keep, newest first, and how many there are in all."""
-        clauses, params = [], []
-        for column, value in (("j.state", filters.state), ("j.model", filters.model)):
-            if value:
-                clauses.append(f"{column} = ?")
-                params.append(value)
+        clauses, params = _equal(("j.state", filters.state), ("j.model", filters.model))
         if filters.reason:
             clauses.append("j.reason LIKE ? ESCAPE '\\'")
             params.append(_like(filters.reason))
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        base = " FROM jobs j JOIN series s USING (series_uid) JOIN studies st ON st.study_uid = s.study_uid" + where
-        with self._read() as db:
-            total = int(db.execute("SELECT COUNT(*)" + base, params).fetchone()[0])
-            rows = db.execute("SELECT j.job_id, st.study_key, s.series_key, j.model, j.model_version, j.state,"
-                              " j.attempts, j.max_attempts, j.worker, j.reason, j.created, j.finished" + base +
-                              " ORDER BY j.created DESC, j.job_id LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+        rows, total = self._page(
+            "SELECT j.job_id, st.study_key, s.series_key, j.model, j.model_version, j.state, j.attempts,"
+            " j.max_attempts, j.worker, j.reason, j.created, j.finished",
+            " FROM jobs j JOIN series s USING (series_uid) JOIN studies st ON st.study_uid = s.study_uid",
+            clauses, params, " ORDER BY j.created DESC, j.job_id", offset, limit)
         return [JobListRow(*row) for row in rows], total
 
     def deliveries(self, filters: DeliveryFilters, offset: int, limit: int) -> tuple[list[DeliveryListRow], int]:
         """One page of deliveries the filters keep, newest first, and how many there are in all."""
-        clauses, params = [], []
-        for column, value in (("d.state", filters.state), ("d.destination", filters.destination)):
-            if value:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        base = (" FROM deliveries d JOIN jobs j USING (job_id) JOIN series s ON s.series_uid = j.series_uid"
-                " JOIN studies st ON st.study_uid = s.study_uid" + where)
-        with self._read() as db:
-            total = int(db.execute("SELECT COUNT(*)" + base, params).fetchone()[0])
-            rows = db.execute("SELECT d.job_id, st.study_key, j.model, d.destination, d.state, d.attempts,"
-                              " d.created, d.finished, d.next_attempt, d.reason, d.warnings" + base +
-                              " ORDER BY d.created DESC, d.job_id, d.destination LIMIT ? OFFSET ?",
-                              [*params, limit, offset]).fetchall()
+        clauses, params = _equal(("d.state", filters.state), ("d.destination", filters.destination))
+        rows, total = self._page(
+            "SELECT d.job_id, st.study_key, j.model, d.destination, d.state, d.attempts, d.created, d.finished,"
+            " d.next_attempt, d.reason, d.warnings",
+            " FROM deliveries d JOIN jobs j USING (job_id) JOIN series s ON s.series_uid = j.series_uid"
+            " JOIN studies st ON st.study_uid = s.study_uid",
+            clauses, params, " ORDER BY d.created DESC, d.job_id, d.destination", offset, limit)
         return [DeliveryListRow(*row) for row in rows], total
+
+    def _page(self, select: str, tables: str, clauses: list[str], params: list[Any], order: str, offset: int,
+              limit: int) -> tuple[list[sqlite3.Row], int]:
+        """The rows of one page and the count of every match, in one read."""
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        with self._read() as db:
+            total = int(db.execute("SELECT COUNT(*)" + tables + where, params).fetchone()[0])
+            rows = db.execute(select + tables + where + order + " LIMIT ? OFFSET ?",
+                              [*params, limit, offset]).fetchall()
+        return rows, total
 
     def received_since(self, since: float) -> tuple[int, int]:
         """(studies first seen, instances stored) since ``since`` (epoch seconds)."""

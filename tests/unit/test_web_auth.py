@@ -226,4 +226,4 @@ def test_users_command_adds_lists_and_replaces_tokens(tmp_path: Path) -> None:
     again = users("add", "ann", "--role", "viewer", "--password-file", str(password_file))
     assert again.returncode == 2 and "exists already" in again.stderr
     assert users("token", "ann").returncode == 0
-    assert users("remove", "bob").returncode == 1
+    assert users("remove", "bob").returncode == 2

@@ -2,44 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel
 
 from engine.web.api.jobs import ActionDone
 from engine.web.api.paging import Page, Paging, paging
 from engine.web.auth.deps import api_operator, api_user, client_address, console_of
 from engine.web.auth.store import User
-from engine.web.queries import DeliveryFilters
+from engine.web.queries import DeliveryFilters, DeliveryListRow
 
 router = APIRouter(prefix="/api", tags=["deliveries"])
 DeliveryState = Literal["pending", "sent", "failed"]
 
 
-class DeliveryItem(BaseModel):
-    job_id: str
-    study_key: str
-    model: str
-    destination: str
-    state: str
-    attempts: int
-    created: float
-    finished: float | None
-    next_attempt: float
-    reason: str | None
-    warnings: int
-
-
-@router.get("/deliveries", response_model=Page[DeliveryItem])
+@router.get("/deliveries", response_model=Page[DeliveryListRow])
 def list_deliveries(request: Request, state: DeliveryState | Literal[""] = "",
                     destination: str = Query("", max_length=64), page: Paging = Depends(paging),
-                    user: User = Depends(api_user)) -> Page[DeliveryItem]:
+                    user: User = Depends(api_user)) -> Page[DeliveryListRow]:
     """Deliveries newest first, filtered by state and destination."""
     rows, total = console_of(request).reader.deliveries(DeliveryFilters(state, destination), page.offset, page.limit)
-    return Page[DeliveryItem](total=total, offset=page.offset, limit=page.limit,
-                              items=[DeliveryItem(**asdict(r)) for r in rows])
+    return Page[DeliveryListRow](total=total, offset=page.offset, limit=page.limit, items=rows)
 
 
 @router.post("/deliveries/{job_id}/{destination}/resend", response_model=ActionDone,

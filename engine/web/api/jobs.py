@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -11,25 +10,10 @@ from pydantic import BaseModel
 from engine.web.api.paging import Page, Paging, paging
 from engine.web.auth.deps import api_operator, api_user, client_address, console_of
 from engine.web.auth.store import User
-from engine.web.queries import JobFilters
+from engine.web.queries import JobFilters, JobListRow
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 JobState = Literal["queued", "leased", "done", "failed", "dead"]
-
-
-class JobItem(BaseModel):
-    job_id: str
-    study_key: str
-    series_key: str
-    model: str
-    model_version: str
-    state: str
-    attempts: int
-    max_attempts: int
-    worker: str | None
-    reason: str | None
-    created: float
-    finished: float | None
 
 
 class ActionDone(BaseModel):
@@ -40,13 +24,13 @@ class ActionDone(BaseModel):
     destination: str | None = None
 
 
-@router.get("/jobs", response_model=Page[JobItem])
+@router.get("/jobs", response_model=Page[JobListRow])
 def list_jobs(request: Request, state: JobState | Literal[""] = "", model: str = Query("", max_length=64),
               reason: str = Query("", max_length=200, description="a part of the reason, any case"),
-              page: Paging = Depends(paging), user: User = Depends(api_user)) -> Page[JobItem]:
+              page: Paging = Depends(paging), user: User = Depends(api_user)) -> Page[JobListRow]:
     """Jobs newest first, filtered by state, model and reason."""
     rows, total = console_of(request).reader.jobs(JobFilters(state, model, reason), page.offset, page.limit)
-    return Page[JobItem](total=total, offset=page.offset, limit=page.limit, items=[JobItem(**asdict(r)) for r in rows])
+    return Page[JobListRow](total=total, offset=page.offset, limit=page.limit, items=rows)
 
 
 @router.post("/jobs/{job_id}/requeue", response_model=ActionDone,

@@ -2,44 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 
 from engine.web.api.paging import Page, Paging, paging
 from engine.web.auth.deps import api_user, console_of
 from engine.web.auth.store import User
 from engine.web.console import Console
 from engine.web.previews import PREVIEW_FILE
-from engine.web.queries import StudyFilters
+from engine.web.queries import StudyFilters, StudyRow
 
 router = APIRouter(prefix="/api", tags=["studies"])
 MAX_STUDY_WAIT_S = 60.0
 StudyState = Literal["receiving", "stored", "processing", "failed", "done"]
 
 
-class StudyItem(BaseModel):
-    """A line of the study list; the patient and study facts come from the study's stored header."""
+@dataclass
+class StudyItem(StudyRow):
+    """A line of the study list: the ledger's facts and, from the study's stored header, the patient's."""
 
-    study_key: str
-    study_uid: str
-    first_received: float
-    last_received: float
-    series: int
-    instances: int
-    modalities: list[str]
-    calling_aes: list[str]
-    jobs: int
-    state: str
-    patient_name: str
-    patient_id: str
-    accession_number: str
-    study_date: str
-    study_description: str
+    patient_name: str = ""
+    patient_id: str = ""
+    accession_number: str = ""
+    study_date: str = ""
+    study_description: str = ""
 
 
 def study_items(console: Console, filters: StudyFilters, accession: str, page: Paging) -> Page[StudyItem]:

@@ -88,7 +88,8 @@ class AccessStore:
         self._lock = threading.Lock()
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # password hashes: the engine's account only
         self.path.chmod(0o600)  # SQLite gives its WAL and shared-memory files the same mode
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        # isolation "IMMEDIATE": each ``with self._db`` block is one write transaction, committed or rolled back
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level="IMMEDIATE", timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
@@ -105,14 +106,8 @@ class AccessStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._db:
+            yield self._db
 
     def close(self) -> None:
         with self._lock:
