@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.bench.workload import Study
+from engine.config import ConfigError
 from engine.logs import get_logger
 from engine.dicom.store_scu import SendError, send_files
 
@@ -95,6 +96,9 @@ def fetch_study(target: Target, study_uid: str, wait_s: float = 0.0) -> dict[str
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return None
+        if error.code == 401:
+            raise ConfigError("the engine's study API needs a console user's token: --api-token or "
+                              "SCANSTREAM_API_TOKEN (`scanstream users token NAME` on the engine's host)") from None
         raise
 
 

@@ -151,3 +151,21 @@ def test_events_announce_ledger_changes(setup: ConsoleSetup) -> None:
 
 def test_the_openapi_document_needs_sign_in(setup: ConsoleSetup) -> None:
     assert json.loads(setup.client().get("/api/openapi.json").text)["error"].startswith("sign in")
+
+
+def test_the_bench_reads_the_study_with_a_token_and_says_how_to_get_one(setup: ConsoleSetup) -> None:
+    from engine.bench.driver import Target, fetch_study
+    from engine.config import ConfigError
+    from engine.web.server import WebServer
+
+    server = WebServer(setup.app, "127.0.0.1", 0)
+    server.start()
+    try:
+        target = Target("127.0.0.1", 0, "SCANSTREAM", f"http://127.0.0.1:{server.port}")
+        with pytest.raises(ConfigError, match="--api-token or SCANSTREAM_API_TOKEN"):
+            fetch_study(target, STUDY)
+        signed = Target("127.0.0.1", 0, "SCANSTREAM", target.http_url, api_token=setup.tokens["viktor"])
+        assert fetch_study(signed, STUDY, wait_s=0.5)["study_uid"] == STUDY
+        assert fetch_study(signed, "9.9") is None
+    finally:
+        server.stop()
