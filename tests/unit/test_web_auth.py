@@ -183,6 +183,9 @@ def test_sessions_end_when_idle_or_old_and_secrets_are_stored_as_digests(tmp_pat
     for now in range(1200, 4600, 200):
         assert store.session(young, float(now), idle_s=300, max_s=3600) is not None
     assert store.session(young, 4700.0, idle_s=300, max_s=3600) is None  # older than an hour
+    store.open_session(User("ann", "viewer"), 5000.0)
+    store.open_session(User("ann", "viewer"), 9000.0)
+    assert store.expire_sessions(9100.0, idle_s=300, max_s=3600) == 1  # what each sign-in sweeps away
     assert store.user_for_token(token) == User("ann", "viewer")
     store.close()
     dump = "\n".join(sqlite3.connect(tmp_path / "users.sqlite").iterdump())

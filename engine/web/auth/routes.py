@@ -101,8 +101,9 @@ def login(request: Request, username: str = Form(""), password: str = Form(""), 
 
 
 def _signed_in(request: Request, user: User, target: str) -> Response:
-    console = console_of(request)
-    session_id, _ = console.access.open_session(user, time.time())
+    console, now = console_of(request), time.time()
+    console.access.expire_sessions(now, console.settings.session_idle_s, console.settings.session_max_s)
+    session_id, _ = console.access.open_session(user, now)
     console.record("console-login", user.name, client_address(request), role=user.role)
     log.info("console.login", user=user.name, role=user.role)
     response = RedirectResponse(target, status_code=303)
