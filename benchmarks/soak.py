@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         with EngineProcess(work / "engine", workers=1, idle_timeout_s=30.0,
                            model_cache=WorkerConfig().model_cache_path(),
                            extra={"worker": {"torch_threads": 0}, "routing": {"models": ["nodule-seg"]}}) as engine:
-            target = Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}")
+            target = Target("127.0.0.1", engine.port, engine.ae_title, engine.http_url, api_token=engine.api_token)
             wait_for_workers(target, 1, 300)
             samples: list[tuple[float, float]] = []
             done = threading.Event()

@@ -3,7 +3,8 @@
 It finds the ``scanstream`` process in the container, parses its command line with the
 engine's own CLI parser and config loader, and checks what that role serves:
 
-- ``receiver`` / ``serve``: ``GET /healthz`` on the effective ``http.port`` answers 200;
+- ``receiver`` / ``serve``: ``GET /healthz`` on the effective ``http.port`` answers 200 (over HTTPS when
+  ``http.tls_enabled``);
 - ``worker``: an established TCP connection to the broker's port (workers have no HTTP
   endpoint; ZeroMQ reconnects on its own, so a lost link shows up here).
 
@@ -13,6 +14,7 @@ Exit status 0 = healthy, 1 = unhealthy, with one line on stdout saying why.
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -85,9 +87,13 @@ def check(argv: Sequence[str], environ: Mapping[str, str] | None = None, timeout
             return True, f"worker connected to {endpoint}"
         return False, f"worker has no established connection to {endpoint}"
     host = config.http.host if config.http.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    url = f"http://{host}:{config.http.port}/healthz"
+    url = f"{'https' if config.http.tls_enabled else 'http'}://{host}:{config.http.port}/healthz"
+    context = None
+    if config.http.tls_enabled:  # this container's own process: liveness, not the certificate, is checked here
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as reply:
             return reply.status == 200, f"{url}: {reply.status}"
     except (urllib.error.URLError, OSError) as exc:
         return False, f"{url}: {exc}"

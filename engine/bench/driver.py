@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.bench.workload import Study
+from engine.config import ConfigError
 from engine.logs import get_logger
 from engine.dicom.store_scu import SendError, send_files
 
@@ -52,6 +53,7 @@ class Target:
     http_url: str
     calling_aet: str = "SCANSTREAM_BENCH"
     sender: str = "pynetdicom"  # or "storescu" (DCMTK, run with TCP_NODELAY=1)
+    api_token: str = ""  # a console user's API token (`scanstream users token NAME`): the study API needs one
 
 
 @dataclass
@@ -86,12 +88,17 @@ def fetch_study(target: Target, study_uid: str, wait_s: float = 0.0) -> dict[str
     """The engine's report on a study, or None while it does not know the study; with ``wait_s`` the engine
     answers once the study is final or ``wait_s`` passed."""
     url = f"{target.http_url}/api/studies/{study_uid}" + (f"?wait_s={wait_s:.3f}" if wait_s > 0 else "")
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {target.api_token}"}
+                                     if target.api_token else {})
     try:
-        with urllib.request.urlopen(url, timeout=wait_s + HTTP_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=wait_s + HTTP_TIMEOUT_S) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return None
+        if error.code == 401:
+            raise ConfigError("the engine's study API needs a console user's token: --api-token or "
+                              "SCANSTREAM_API_TOKEN (`scanstream users token NAME` on the engine's host)") from None
         raise
 
 

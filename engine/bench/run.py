@@ -47,6 +47,7 @@ class BenchSettings:
     port: int = 11112
     aet: str = "SCANSTREAM"
     http_url: str = "http://127.0.0.1:8080"
+    api_token: str = ""  # for a running engine (--host): a console user's API token
     work_dir: Path | None = None
     pacs: str = ""  # "orthanc": start a real Orthanc as the destination of the engine started here
     destination: str = ""  # AE@host:port: a running PACS the engine started here sends results to
@@ -93,7 +94,7 @@ def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Tar
     with a description and the pid of the ``scanstream serve`` started here (None for a running engine)."""
     if not settings.start:
         yield Target(settings.host, settings.port, settings.aet, settings.http_url.rstrip("/"),
-                     sender=settings.sender), f"running engine at {settings.host}:{settings.port} ({settings.aet})", None
+                     sender=settings.sender, api_token=settings.api_token), f"running engine at {settings.host}:{settings.port} ({settings.aet})", None
         return
     from engine.testing import EngineProcess
 
@@ -107,8 +108,8 @@ def engine_target(settings: BenchSettings, work_dir: Path) -> Iterator[tuple[Tar
         only = f", model {settings.model} only" if settings.model else ""
         sends = only + (f", results sent to {destinations[0]['ae_title']}@{destinations[0]['host']}:"
                         f"{destinations[0]['port']}" if destinations else "")
-        yield Target("127.0.0.1", engine.port, engine.ae_title, f"http://127.0.0.1:{engine.http_port}",
-                     sender=settings.sender), \
+        yield Target("127.0.0.1", engine.port, engine.ae_title, engine.http_url, sender=settings.sender,
+                     api_token=engine.api_token), \
             f"started here: scanstream serve with {settings.workers} worker(s), data in {engine.data_dir}{sends}", \
             engine.process.pid if engine.process is not None else None
 

@@ -52,6 +52,7 @@ class WorkerInfo:
     name: str
     pid: int
     models: tuple[str, ...]
+    host: str = ""
 
 
 @dataclass
@@ -75,6 +76,19 @@ class BrokerStats:
     results: int = 0
     leases_lost: int = 0
     running: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """One connected worker as the console shows it; ``last_seen`` is when it was last heard (epoch seconds)."""
+
+    name: str
+    host: str
+    pid: int
+    models: tuple[str, ...]
+    in_flight: int
+    free_slots: int
+    last_seen: float
 
 
 class JobSource(Protocol):
@@ -135,6 +149,7 @@ class _Worker:
     expires_at: float
     leases: dict[str, int] = field(default_factory=dict)
     last_sent: int = 0
+    last_seen: float = field(default_factory=time.time)
 
     def holds(self, job_id: str, attempt: int) -> bool:
         """Whether this worker holds the lease on this attempt of the job."""
@@ -169,6 +184,7 @@ class Broker:
         self._send_seq = 0
         self._counters = {"jobs_sent": 0, "results": 0, "leases_lost": 0}
         self._stats = BrokerStats()
+        self._snapshots: tuple[WorkerSnapshot, ...] = ()
 
     @property
     def bound_address(self) -> str:
@@ -209,6 +225,10 @@ class Broker:
     def stats(self) -> BrokerStats:
         """The latest snapshot (rebuilt by the broker thread after every event)."""
         return self._stats
+
+    def workers(self) -> tuple[WorkerSnapshot, ...]:
+        """The connected workers, by name (rebuilt by the broker thread with the stats)."""
+        return self._snapshots
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the socket.
@@ -295,6 +315,7 @@ class Broker:
                 self._send(identity, Command.DISCONNECT)
             return
         worker.expires_at = time.monotonic() + self._timeout
+        worker.last_seen = time.time()
         if message.cmd is Command.DONE:
             self._complete(worker, message)
         elif message.cmd is Command.FAIL:
@@ -310,7 +331,8 @@ class Broker:
         if existing is not None:
             self._forget(existing, RE_REGISTERED)
         header = message.header
-        info = WorkerInfo(identity, header["worker"], header["pid"], tuple(header["models"]))
+        info = WorkerInfo(identity, header["worker"], header["pid"], tuple(header["models"]),
+                          str(header.get("host", "")))
         self._workers[identity] = _Worker(info, credit=header["capacity"],
                                           expires_at=time.monotonic() + self._timeout)
         self._dispatch_due = True
@@ -458,3 +480,6 @@ class Broker:
             running=running,
             **self._counters,
         )
+        self._snapshots = tuple(sorted(
+            (WorkerSnapshot(w.info.name, w.info.host, w.info.pid, w.info.models, len(w.leases), max(w.credit, 0),
+                            w.last_seen) for w in workers), key=lambda snapshot: snapshot.name))

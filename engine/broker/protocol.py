@@ -9,7 +9,7 @@ peer can only make us decode plain data.
 Fields per command (checked by :func:`encode` and :func:`decode`):
 
 - READY (worker -> broker): ``worker`` str, ``pid`` int, ``capacity`` int >= 0
-  (jobs it can take now), ``models`` list of str.
+  (jobs it can take now), ``models`` list of str; optional ``host`` str (shown by the console).
 - JOB (broker -> worker): ``job_id`` str, ``attempt`` int, ``job`` map; one payload
   frame per instance file.
 - HEARTBEAT (both ways): no fields.

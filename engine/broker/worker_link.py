@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -168,7 +169,7 @@ class WorkerLink:
         self._poller.register(sock, zmq.POLLIN)
         free = max(self._capacity - self._busy, 0)
         self._send(encode(Command.READY, {"worker": self._name, "pid": os.getpid(), "capacity": free,
-                                          "models": self._models}))
+                                          "models": self._models, "host": socket.gethostname()}))
         now = time.monotonic()
         self._broker_expires = now + self._timeout
         self._next_beat = now + self._interval

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     bench.add_argument("--port", type=int, default=11112)
     bench.add_argument("--aet", default="SCANSTREAM")
     bench.add_argument("--http-url", default="http://127.0.0.1:8080", help="the running engine's HTTP port")
+    bench.add_argument("--api-token", default=os.environ.get("SCANSTREAM_API_TOKEN", ""),
+                       help="the running engine's API token (`scanstream users token NAME`; default "
+                            "$SCANSTREAM_API_TOKEN)")
     bench.add_argument("--pacs", choices=["orthanc"], help="start a real Orthanc as the destination of the engine "
                        "started here, and measure to its acknowledgement (sent_to_destination)")
     bench.add_argument("--destination", help="AE@host:port of a running PACS the engine started here sends to")
@@ -69,7 +73,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         studies=args.studies, duration_s=args.duration, mode="open" if args.rate else "closed",
         concurrency=args.concurrency, rate_per_s=args.rate, folder=args.folder, slices=args.slices, size=args.size,
         seed=args.seed, timeout_s=args.timeout, start=args.host is None, workers=args.workers, sender=args.sender,
-        host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url, pacs=args.pacs or "",
+        host=args.host or "127.0.0.1", port=args.port, aet=args.aet, http_url=args.http_url,
+        api_token=args.api_token, pacs=args.pacs or "",
         destination=args.destination or "", model=args.model or "", plugin_options=_plugin_options(args.option))
     if (settings.pacs or settings.destination or settings.model or settings.plugin_options) and not settings.start:
         print("scanstream bench: --pacs/--destination/--model configure the engine started here; a running engine "

@@ -119,6 +119,15 @@ class StorageConfig(_Section):
     def results_dir(self) -> Path:
         return self.data_dir / "results"
 
+    @property
+    def users_path(self) -> Path:
+        """The console's users, API tokens and sessions (``scanstream users``), apart from the ledger."""
+        return self.data_dir / "users.sqlite"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.log"
+
 
 class AssemblerConfig(_Section):
     """When a series counts as complete."""
@@ -204,10 +213,32 @@ class WorkerConfig(_Section):
 
 
 class HttpConfig(_Section):
-    """The health and metrics HTTP endpoint."""
+    """The HTTP side: health, readiness and metrics (open), the operations console and its API (signed in)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    tls_enabled: bool = Field(False, description="serve HTTPS (TLS 1.2+) with tls_certificate / tls_private_key")
+    tls_certificate: str = Field("", description="PEM certificate (chain) of the console; empty = "
+                                                 "receiver.tls_certificate")
+    tls_private_key: str = Field("", description="PEM private key of tls_certificate; empty = receiver.tls_private_key")
+    forwarded_allow_ips: list[str] = Field(default_factory=list,
+                                           description="addresses of reverse proxies whose X-Forwarded-For and "
+                                                       "X-Forwarded-Proto are believed (TLS ended at the proxy); "
+                                                       "empty = none")
+    session_idle_s: float = Field(1800.0, gt=0, description="a console session unused this long signs out")
+    session_max_s: float = Field(43200.0, gt=0, description="a console session ends this long after sign-in")
+    login_max_failures: int = Field(5, ge=1, description="failed sign-ins (per user name or per address) before a "
+                                                         "lockout")
+    login_lockout_s: float = Field(60.0, gt=0, description="the first lockout; each further failure doubles it, "
+                                                           "up to 15 minutes")
+
+    def tls_files(self, receiver: ReceiverConfig) -> tuple[str, str, str] | None:
+        """(certificate, private key, the config prefix that named them) when TLS is on, else None."""
+        if not self.tls_enabled:
+            return None
+        if self.tls_certificate or self.tls_private_key:
+            return self.tls_certificate, self.tls_private_key, "http."
+        return receiver.tls_certificate, receiver.tls_private_key, "receiver."
 
 
 class PluginsConfig(_Section):
@@ -252,6 +283,15 @@ class EngineConfig(_Section):
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:
                 raise ValueError(f"{key}: names must be unique, {', '.join(twice)} appear(s) more than once")
+        return self
+
+    @model_validator(mode="after")
+    def _http_tls(self) -> "EngineConfig":
+        files = self.http.tls_files(self.receiver)
+        if files is not None and not (files[0] and files[1]):
+            raise ValueError("http.tls_enabled needs http.tls_certificate and http.tls_private_key (or "
+                             "receiver.tls_certificate and receiver.tls_private_key, which it uses when those are "
+                             "empty)")
         return self
 
     @property

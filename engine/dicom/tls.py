@@ -41,11 +41,14 @@ def _load_ca(context: ssl.SSLContext, ca_certificates: str, key: str) -> None:
 
 
 def server_context(certificate: str, private_key: str, ca_certificates: str = "",
-                   require_client_certificate: bool = False) -> ssl.SSLContext:
-    """The SCP's context: its certificate, and the CA that client certificates must chain to (when required)."""
+                   require_client_certificate: bool = False, prefix: str = "receiver.") -> ssl.SSLContext:
+    """The SCP's context: its certificate, and the CA that client certificates must chain to (when required).
+
+    ``prefix`` is the config section errors name (the console's HTTPS uses ``http.`` for its own files).
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_chain(context, certificate, private_key, "receiver.")
+    _load_chain(context, certificate, private_key, prefix)
     if require_client_certificate:
         _load_ca(context, ca_certificates, "receiver.tls_ca_certificates")
         context.verify_mode = ssl.CERT_REQUIRED

@@ -26,7 +26,12 @@ from engine.receiver.router import Router
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.roles.memory import freeze_startup_objects
-from engine.web.health import HealthServer, StatusCollector
+from engine.web.app import create_app
+from engine.web.auth.store import AccessStore
+from engine.web.console import Console
+from engine.web.metrics import StatusCollector
+from engine.web.models_view import ModelCatalogue
+from engine.web.server import WebServer, tls_context
 
 log = get_logger(__name__)
 
@@ -57,6 +62,7 @@ class ReceiverRole:
         self.router = Router(self.ledger, plugins.models, self.broker.notify, max_attempts=config.broker.max_attempts,
                              priority_values=config.routing.priority_values, enabled=config.routing.models)
         self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
+        self.audit = AuditTrail(storage.audit_path)
         receiver = config.receiver
         self.scp = ReceiverSCP(
             receiver.ae_title,
@@ -75,7 +81,7 @@ class ReceiverRole:
             network_timeout=receiver.network_timeout_s,
             duplicate_policy=receiver.duplicate_policy,
             min_free_bytes=storage.min_free_bytes,
-            audit=AuditTrail(storage.data_dir / "audit.log"),
+            audit=self.audit,
             priority_tag=config.routing.priority_tag,
             tls=receiver.tls_context(),
             tls_port=receiver.tls_port,
@@ -83,8 +89,18 @@ class ReceiverRole:
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals, self.ledger.delivery_counts))
-        self.http = HealthServer(config.http.host, config.http.port, self.metrics, self.ready, self.study_report)
+        self.access = AccessStore(storage.users_path)
+        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins)), config.http.host,
+                              config.http.port, tls=tls_context(config),
+                              forwarded_allow_ips=config.http.forwarded_allow_ips)
         self._started = False
+
+    def _console(self, plugins: LoadedPlugins) -> Console:
+        """What the operations console reads and acts on."""
+        return Console(self.ledger, self.spool, self.access, self.audit,
+                       ModelCatalogue(plugins.models, self.config.routing.models, self.config.worker),
+                       self.study_report, self.broker.workers, self.broker.notify, self.delivery.wake,
+                       self.config.http)
 
     def _delivered(self, job_id: str) -> None:
         """A job's results reached a destination: add the delivery stages to the histograms."""
@@ -116,9 +132,9 @@ class ReceiverRole:
     def _job_counts(self) -> dict[str, int]:
         return self.ledger.job_counts()
 
-    def ready(self) -> bool:
-        """Ready once every part has started."""
-        return self._started
+    def ready(self) -> list[str]:
+        """The parts that are not healthy (empty: ready); until every part has started, the receiver itself."""
+        return [] if self._started else ["receiver: starting or stopping"]
 
     def start(self) -> None:
         """Recover from the ledger, start broker, assembler and HTTP, and the SCP last."""
@@ -144,6 +160,7 @@ class ReceiverRole:
         self.broker.stop()
         self.delivery.stop()
         self.http.stop()
+        self.access.close()
         self.ledger.close()
         log.info("receiver.stopped")
 

@@ -9,10 +9,13 @@ from engine.testing.harness import (
     PHANTOM_STUDY_NODULES,
     PHANTOM_STUDY_SEED,
     TEST_MODEL_CACHE,
+    TEST_PASSWORD,
+    TEST_USER,
     EngineProcess,
     JobResult,
     PhantomStudy,
     StudyResults,
+    add_console_user,
     dcmtk_storescu,
     engine_process,
     make_phantom_study,
@@ -23,7 +26,7 @@ from engine.testing.harness import (
 )
 
 __all__ = [
-    "PHANTOM_STUDY_NODULES", "PHANTOM_STUDY_SEED", "TEST_MODEL_CACHE", "EngineProcess", "JobResult", "PhantomStudy",
-    "StudyResults", "dcmtk_storescu", "engine_process", "make_phantom_study", "read_seg_mask", "send_and_wait",
+    "PHANTOM_STUDY_NODULES", "PHANTOM_STUDY_SEED", "TEST_MODEL_CACHE", "TEST_PASSWORD", "TEST_USER", "EngineProcess",
+    "JobResult", "PhantomStudy", "StudyResults", "add_console_user", "dcmtk_storescu", "engine_process", "make_phantom_study", "read_seg_mask", "send_and_wait",
     "storescu", "write_config",
 ]

@@ -1,7 +1,9 @@
 """Helpers for tests of ScanStream and of its plugins: a real engine in a subprocess, phantom studies, sending.
 
 ``EngineProcess`` starts ``scanstream serve`` on free loopback ports with its own
-data folder and config, waits for ``/readyz``, and stops it with SIGTERM.
+data folder and config, waits for ``/readyz``, and stops it with SIGTERM. It adds
+an operator (:data:`TEST_USER`) to the engine's users first, so ``api_token``
+opens the console's API (``api_json``) and ``TEST_PASSWORD`` its pages.
 
 :mod:`engine.testing.pytest_plugin` (the pytest plugin ``scanstream``, entry point
 ``pytest11``) turns these into fixtures for a plugin package's tests once
@@ -85,6 +87,22 @@ def write_config(path: Path, sections: dict[str, Any]) -> Path:
 
 # ONNX exports and backend timings are keyed by weights and host, so test engines share them.
 TEST_MODEL_CACHE = Path(tempfile.gettempdir()) / "scanstream-test-model-cache"
+TEST_USER = "scanstream-test"
+TEST_PASSWORD = "test engine password"  # a test engine listens on loopback only
+
+
+def add_console_user(data_dir: Path, name: str, role: str, password: str) -> str:
+    """Add a console user to the engine's data folder (before or while it runs; kept when there already, as in a
+    restarted engine's folder); returns a new API token of theirs."""
+    from engine.web.auth.store import AccessStore
+
+    store = AccessStore(Path(data_dir) / "users.sqlite")
+    try:
+        if not any(user.name == name for user, _ in store.users()):
+            store.add_user(name, role, password, time.time())
+        return store.issue_token(name, time.time())
+    finally:
+        store.close()
 
 
 @dataclass
@@ -106,6 +124,7 @@ class EngineProcess:
         self.broker_port = free_port()
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir / "serve.log"
+        self.api_token = ""
 
     def config_sections(self) -> dict[str, Any]:
         sections: dict[str, Any] = {
@@ -127,6 +146,8 @@ class EngineProcess:
     def start(self, timeout: float = 60.0) -> "EngineProcess":
         """Start and wait until ``/readyz`` answers 200 (raises with the log tail otherwise)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.api_token:
+            self.api_token = add_console_user(self.data_dir, TEST_USER, "operator", TEST_PASSWORD)
         config = write_config(self.data_dir / "scanstream.toml", self.config_sections())
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANSTREAM_")}
         env.update(self.env)
@@ -153,6 +174,17 @@ class EngineProcess:
             return int(exc.code)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def api_json(self, path: str, timeout: float = 10.0) -> Any:
+        """GET ``path`` (``/api/...``) with the test user's token; the parsed JSON answer."""
+        request = urllib.request.Request(f"{self.http_url}{path}",
+                                         headers={"Authorization": f"Bearer {self.api_token}"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path.exists():

@@ -1,1 +1,1 @@
-"""The HTTP side: health, readiness, metrics and the study API."""
+"""The HTTP side: health, readiness and metrics (open), and the operations console with its API (signed in)."""

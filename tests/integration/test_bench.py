@@ -34,7 +34,7 @@ def test_closed_loop_on_a_started_engine_writes_the_report(tmp_path: Path) -> No
 def test_open_loop_against_a_running_engine(tmp_path: Path) -> None:
     with EngineProcess(tmp_path / "engine", workers=1, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         done = bench("--studies", "3", "--rate", "4", "--concurrency", "2", "--host", "127.0.0.1",
-                     "--port", str(engine.port), "--http-url", f"http://127.0.0.1:{engine.http_port}",
+                     "--port", str(engine.port), "--http-url", engine.http_url, "--api-token", engine.api_token,
                      "--out", str(tmp_path / "report"))
         assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads((tmp_path / "report" / "result.json").read_text())

@@ -64,9 +64,7 @@ def test_storescu_to_seg(tmp_path: Path, require_storescu: str) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{engine.http_port}/metrics", timeout=5) as response:
             metrics = response.read().decode()
         assert "scanstream_instances_received_total 48.0" in metrics
-        with urllib.request.urlopen(f"http://127.0.0.1:{engine.http_port}/api/studies/{study_uid}",
-                                    timeout=5) as response:
-            report = json.loads(response.read())
+        report = engine.api_json(f"/api/studies/{study_uid}")
         assert report["final"] and [s["instances"] for s in report["series"]] == [48]
         assert [(j["model"], j["state"]) for j in report["jobs"]] == [("nodule-seg", "done")]
         assert {"decode", "infer", "end_to_end"} <= set(report["jobs"][0]["stages_s"])

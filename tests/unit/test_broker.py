@@ -273,6 +273,22 @@ def test_worker_gets_jobs_again_after_broker_restart(make_broker, start_link) ->
 # -- hand-driven peers ----------------------------------------------------------------------
 
 
+def test_workers_are_listed_with_host_models_and_jobs_in_flight(broker: Broker, source: FakeSource, peer) -> None:
+    before = time.time()
+    worker = peer()
+    worker.send(Command.READY, worker="ct-host:7:0", pid=7, capacity=2, models=["lung"], host="ct-host")
+    old = peer()
+    old.ready(name="old-worker")  # a worker of a version that names no host
+    source.add("j1")
+    broker.notify()
+    worker.expect(Command.JOB)
+    eventually(lambda: [w.in_flight for w in broker.workers()] == [1, 0])
+    listed, unnamed = broker.workers()
+    assert (listed.name, listed.host, listed.pid, listed.models, listed.free_slots) == \
+        ("ct-host:7:0", "ct-host", 7, ("lung",), 1)
+    assert (unnamed.name, unnamed.host) == ("old-worker", "") and listed.last_seen >= before
+
+
 def test_credit_holds_back_the_second_job_until_the_first_is_done(broker: Broker, source: FakeSource, peer) -> None:
     worker = peer()
     worker.ready(capacity=1)

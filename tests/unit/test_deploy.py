@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry
 import kubernetes_validate
 from engine.cli import build_parser
 from engine.config import EngineConfig, load_config
-from engine.web.health import HealthServer, StatusCollector
+from engine.web.app import create_app
+from engine.web.metrics import StatusCollector
+from engine.web.server import WebServer
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
@@ -398,7 +400,7 @@ def test_probe_and_scrape_paths_are_served(rendered: dict[str, list[dict[str, An
     assert paths == {"/healthz", "/readyz", "/metrics"}
     registry = CollectorRegistry()
     registry.register(StatusCollector(lambda: {"queued": 3, "leased": 1}, lambda: 2))
-    server = HealthServer("127.0.0.1", 0, registry, lambda: True)
+    server = WebServer(create_app(registry, lambda: []), "127.0.0.1", 0)
     server.start()
     try:
         bodies = {}
@@ -558,7 +560,7 @@ def test_healthcheck_finds_the_role_in_a_command_line(healthcheck, tmp_path: Pat
 
 
 def test_healthcheck_receiver_follows_healthz(healthcheck) -> None:
-    server = HealthServer("127.0.0.1", 0, CollectorRegistry(), lambda: False)
+    server = WebServer(create_app(CollectorRegistry(), lambda: ["receiver: starting"]), "127.0.0.1", 0)
     server.start()
     try:
         ok, message = healthcheck.check(["receiver"], {"SCANSTREAM_HTTP__PORT": str(server.port)})
@@ -569,6 +571,24 @@ def test_healthcheck_receiver_follows_healthz(healthcheck) -> None:
         server.stop()
     ok, message = healthcheck.check(["serve"], {"SCANSTREAM_HTTP__PORT": str(server.port)}, timeout=1)
     assert not ok and "/healthz" in message
+
+
+def test_healthcheck_receiver_uses_https_when_the_console_serves_it(healthcheck, tmp_path: Path) -> None:
+    from engine.config import load_config
+    from engine.testing.peers import make_test_pki
+    from engine.web.server import tls_context
+
+    pki = make_test_pki(tmp_path / "pki")
+    env = {"SCANSTREAM_HTTP__TLS_ENABLED": "true", "SCANSTREAM_HTTP__TLS_CERTIFICATE": str(pki / "server.crt"),
+           "SCANSTREAM_HTTP__TLS_PRIVATE_KEY": str(pki / "server.key")}
+    server = WebServer(create_app(CollectorRegistry(), lambda: []), "127.0.0.1", 0,
+                       tls=tls_context(load_config(None, env)))
+    server.start()
+    try:
+        ok, message = healthcheck.check(["receiver"], {**env, "SCANSTREAM_HTTP__PORT": str(server.port)})
+        assert ok and message.startswith("https://127.0.0.1:"), message
+    finally:
+        server.stop()
 
 
 def test_healthcheck_worker_follows_its_broker_connection(healthcheck) -> None:

@@ -1,14 +1,17 @@
-"""Health and metrics endpoint."""
+"""The HTTP side served by uvicorn: health, readiness (the parts that are not ready) and metrics, open to all."""
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from engine.web.health import HealthServer, StatusCollector
+from engine.web.app import create_app
+from engine.web.metrics import StatusCollector
+from engine.web.server import WebError, WebServer
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -16,34 +19,26 @@ def get(port: int, path: str) -> tuple[int, str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
-        return exc.code, ""
+        return exc.code, exc.read().decode()
 
 
 @pytest.fixture()
 def server():
-    ready = {"value": False}
+    failing: list[str] = ["broker: not started", "ledger: locked"]
     registry = CollectorRegistry()
     registry.register(StatusCollector(lambda: {"queued": 2, "done": 5}, lambda: 3, lambda: (7, 7000)))
-    reports = {"1.2.3": {"study_uid": "1.2.3", "final": True}}
-    asked: list[tuple[str, float]] = []
-
-    def report(study_uid: str, wait_s: float):
-        asked.append((study_uid, wait_s))
-        return reports.get(study_uid)
-
-    server = HealthServer("127.0.0.1", 0, registry, lambda: ready["value"], report)
-    server.asked = asked
+    server = WebServer(create_app(registry, lambda: list(failing)), "127.0.0.1", 0)
     server.start()
-    yield server, ready
+    yield server, failing
     server.stop()
 
 
 def test_health_readiness_and_metrics(server) -> None:
-    http, ready = server
-    assert get(http.port, "/healthz")[0] == 200
-    assert get(http.port, "/readyz")[0] == 503
-    ready["value"] = True
-    assert get(http.port, "/readyz")[0] == 200
+    http, failing = server
+    assert get(http.port, "/healthz") == (200, "ok\n")
+    assert get(http.port, "/readyz") == (503, "broker: not started\nledger: locked\n")
+    failing.clear()
+    assert get(http.port, "/readyz") == (200, "ready\n")
     code, text = get(http.port, "/metrics")
     assert code == 200
     assert 'scanstream_jobs{state="queued"} 2.0' in text and "scanstream_workers_connected 3.0" in text
@@ -52,15 +47,28 @@ def test_health_readiness_and_metrics(server) -> None:
     assert get(http.port, "/nope")[0] == 404
 
 
-def test_study_reports_as_json(server) -> None:
-    import json
-
+def test_without_a_console_only_the_open_endpoints_exist(server) -> None:
     http, _ = server
-    code, text = get(http.port, "/api/studies/1.2.3")
-    assert code == 200 and json.loads(text) == {"study_uid": "1.2.3", "final": True}
-    assert get(http.port, "/api/studies/9.9")[0] == 404
-    assert get(http.port, "/api/studies/1.2.3?wait_s=2.5")[0] == 200
-    assert http.asked == [("1.2.3", 0.0), ("9.9", 0.0), ("1.2.3", 2.5)]
-    for bad in ("-1", "61", "nan", "soon", "1&wait_s=2"):
-        assert get(http.port, f"/api/studies/1.2.3?wait_s={bad}")[0] == 400
-    assert len(http.asked) == 3
+    assert get(http.port, "/api/studies/1.2.3")[0] == 404
+    assert get(http.port, "/login")[0] == 404
+
+
+def test_a_port_in_use_names_the_setting() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(WebError, match="http.host/http.port: cannot listen on 127.0.0.1"):
+            WebServer(create_app(CollectorRegistry(), lambda: []), "127.0.0.1", port)
+
+
+def test_stop_closes_the_port(server) -> None:
+    http, _ = server
+    http.stop()
+    assert get_refused(http.port)
+
+
+def get_refused(port: int) -> bool:
+    try:
+        get(port, "/healthz")
+    except urllib.error.URLError:
+        return True
+    return False

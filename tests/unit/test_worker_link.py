@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -84,11 +85,11 @@ def _done(request: JobRequest) -> JobOutcome:
     return JobDone({"frames": len(request.payload)}, [echo])
 
 
-def test_ready_announces_name_pid_capacity_and_models(broker: RawBroker, start_link) -> None:
+def test_ready_announces_name_pid_capacity_models_and_host(broker: RawBroker, start_link) -> None:
     start_link(_done, capacity=2, models=["lung", "liver"])
     _, ready = broker.expect(Command.READY)
     assert ready.header == {"v": 1, "cmd": "READY", "worker": "host:1:0", "pid": os.getpid(), "capacity": 2,
-                            "models": ["lung", "liver"]}
+                            "models": ["lung", "liver"], "host": socket.gethostname()}
 
 
 def test_job_runs_and_done_carries_the_artifacts(broker: RawBroker, start_link) -> None:
