@@ -22,7 +22,11 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
 
 @dataclass(frozen=True)
 class SeriesInfo:
-    """What a selector sees of a series: header values only, never pixels or patient data."""
+    """What a selector sees of a series: header values only, never pixels or patient data.
+
+    ``revision`` counts the series' completions: a late instance after the
+    series completed makes revision 2, re-run with its own result UIDs.
+    """
 
     study_uid: str
     series_uid: str
@@ -33,6 +37,7 @@ class SeriesInfo:
     calling_ae: str = ""
     instance_count: int = 0
     frame_count: int = 0
+    revision: int = 1
 
 
 @dataclass

@@ -29,13 +29,12 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
 from engine import __version__
-from engine.api import Artifact, ModelResult, ModelSpec, PluginError, Volume
+from engine.api import Artifact, ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
 from engine.logs import get_logger
-from engine.outputs.uids import derived_uid
+from engine.outputs.uids import result_series_number, result_uid
 
 log = get_logger(__name__)
 
-DERIVED_SERIES_NUMBER = 9004
 DEFAULT_DERIVATION_CODE = codes.DCM.Smoothing
 SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation  # CID 7202
 # Header values of the source that would be wrong for the derived pixels or equipment, or that we set anew.
@@ -116,14 +115,13 @@ class DerivedSeriesWriter:
         if not volume.sources or any(frame != 1 for _, frame in volume.frames) or any(
                 int(getattr(ds, "NumberOfFrames", 1) or 1) != 1 for ds in volume.sources):
             raise PluginError(f"{where}: a derived series needs single-frame source instances")
-        source_series = volume.series.series_uid
-        series_uid = derived_uid(source_series, spec.name, spec.version, "derived-series")
+        series_uid = result_uid(volume.series, spec, "derived-series")
         now = datetime.datetime.now()
         artifacts = []
         rescaled = 0
         for index, (source_index, _) in enumerate(volume.frames):
             ds, own_rescale = self._instance(volume.sources[source_index], derived[index], index, series_uid, spec,
-                                             source_series, now)
+                                             volume.series, now)
             rescaled += own_rescale
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
@@ -133,7 +131,7 @@ class DerivedSeriesWriter:
         return artifacts
 
     def _instance(self, source: Dataset, values: np.ndarray, index: int, series_uid: str, spec: ModelSpec,
-                  source_series: str, now: datetime.datetime) -> tuple[Dataset, bool]:
+                  source_series: SeriesInfo, now: datetime.datetime) -> tuple[Dataset, bool]:
         """One derived instance and whether it needed a rescale of its own."""
         for keyword in ("SOPInstanceUID", "SOPClassUID", "Rows", "Columns", "BitsAllocated", "BitsStored"):
             if keyword not in source:
@@ -154,9 +152,9 @@ class DerivedSeriesWriter:
         if own_rescale:  # otherwise the source's own values, as copied
             ds.RescaleSlope, ds.RescaleIntercept = new_slope, new_intercept
 
-        ds.SOPInstanceUID = derived_uid(source_series, spec.name, spec.version, f"derived-{source.SOPInstanceUID}")
+        ds.SOPInstanceUID = result_uid(source_series, spec, f"derived-{source.SOPInstanceUID}")
         ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = DERIVED_SERIES_NUMBER
+        ds.SeriesNumber = result_series_number(spec.name, "derived")
         ds.InstanceNumber = index + 1
         ds.SeriesDescription = f"{spec.name} {spec.version} derived"[:64]
         ds.ImageType = ["DERIVED", "SECONDARY", *list(getattr(source, "ImageType", []))[2:]]

@@ -25,11 +25,10 @@ from engine import __version__
 from engine.api import Artifact, Finding, ModelResult, ModelSpec, PluginError, Volume
 from engine.logs import get_logger
 from engine.outputs.sr import check_regions
-from engine.outputs.uids import derived_uid
+from engine.outputs.uids import result_series_number, result_uid
 
 log = get_logger(__name__)
 
-PREVIEW_SERIES_NUMBER = 9003
 MAX_SIDE = 512  # the whole preview, banner included, fits in MAX_SIDE x MAX_SIDE
 MIN_SIDE = 320  # smaller slices are enlarged (as far as MAX_SIDE allows) so the banner text fits
 PANEL_GAP = 4
@@ -360,16 +359,15 @@ class PreviewWriter:
         source_index, frame = volume.frames[index]
         source = volume.sources[source_index]
         orientation = patient_orientation(source, frame)
-        series_uid = volume.series.series_uid
         preview = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=source,
             pixel_array=pixels,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,
             coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=derived_uid(series_uid, spec.name, spec.version, "preview-series"),
-            series_number=PREVIEW_SERIES_NUMBER,
-            sop_instance_uid=derived_uid(series_uid, spec.name, spec.version, "preview"),
+            series_instance_uid=result_uid(volume.series, spec, "preview-series"),
+            series_number=result_series_number(spec.name, "preview"),
+            sop_instance_uid=result_uid(volume.series, spec, "preview"),
             instance_number=1,
             manufacturer="ScanStream",
             pixel_spacing=spacing,

@@ -27,9 +27,8 @@ from engine.api import Artifact, ModelResult, ModelSpec, PluginError, Volume
 from engine.dicom.encode import item, part10_with_elements, sequence, uid_element
 from engine.dicom.sources import source_header
 from engine.outputs.sr import FINDING_TYPES
-from engine.outputs.uids import derived_uid
+from engine.outputs.uids import result_series_number, result_uid
 
-SEG_SERIES_NUMBER = 9001
 REFERENCED_SERIES_SEQUENCE = 0x00081115
 SOURCE_IMAGE_SEQUENCE = 0x00082112
 REFERENCED_INSTANCE_SEQUENCE = 0x0008114A
@@ -57,13 +56,12 @@ def _segment_descriptions(result: ModelResult, spec: ModelSpec) -> list[hd.seg.S
 
 def seg_options(result: ModelResult, volume: Volume, spec: ModelSpec) -> dict[str, Any]:
     """highdicom ``Segmentation`` arguments other than the sources, the pixels and the pixel measures."""
-    series_uid = volume.series.series_uid
     return dict(
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(result, spec),
-        series_instance_uid=derived_uid(series_uid, spec.name, spec.version, "seg-series"),
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=derived_uid(series_uid, spec.name, spec.version, "seg"),
+        series_instance_uid=result_uid(volume.series, spec, "seg-series"),
+        series_number=result_series_number(spec.name, "seg"),
+        sop_instance_uid=result_uid(volume.series, spec, "seg"),
         instance_number=1,
         manufacturer="ScanStream",
         manufacturer_model_name=spec.name,

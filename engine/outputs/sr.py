@@ -38,11 +38,10 @@ from pydicom.uid import generate_uid
 from engine import __version__
 from engine.api import Artifact, Finding, ImageRegion, ModelResult, ModelSpec, PluginError, Volume
 from engine.logs import get_logger
-from engine.outputs.uids import SCANSTREAM_UID_ROOT, derived_uid
+from engine.outputs.uids import SCANSTREAM_UID_ROOT, result_series_number, result_uid
 
 log = get_logger(__name__)
 
-SR_SERIES_NUMBER = 9002
 LOCAL_SCHEME = "99SCANSTREAM"
 FINDING_TYPES = {"nodule": codes.SCT.Nodule, "lesion": codes.SCT.Lesion}
 PROCEDURES = {
@@ -118,11 +117,10 @@ def _classification_groups(result: ModelResult, volume: Volume, spec: ModelSpec,
                            ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """One TID 1501 group per label: presence and probability, referring to every source instance."""
     present = {finding.label for finding in result.findings}
-    series_uid = volume.series.series_uid
     groups = []
     for label, probability in result.class_probabilities.items():
         tracking = hd.sr.TrackingIdentifier(identifier=label[:64],
-                                            uid=derived_uid(series_uid, spec.name, spec.version, f"sr-label-{label}"))
+                                            uid=result_uid(volume.series, spec, f"sr-label-{label}"))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
             finding_type=finding_type(label),
@@ -151,12 +149,11 @@ def _detection_groups(result: ModelResult, volume: Volume, spec: ModelSpec,
                       algorithm: hd.sr.AlgorithmIdentification,
                       ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """One TID 1410 group per region: a planar ROI lies on one image, the tracking UID ties a finding's slices."""
-    series_uid = volume.series.series_uid
     groups = []
     for number, finding in enumerate(result.findings, start=1):
         if not finding.regions:
             continue
-        tracking_uid = derived_uid(series_uid, spec.name, spec.version, f"sr-finding-{number}")
+        tracking_uid = result_uid(volume.series, spec, f"sr-finding-{number}")
         for region in finding.regions:
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"{finding.label} {number}"[:64],
@@ -194,13 +191,12 @@ class SrWriter:
             imaging_measurements=groups,
             title=codes.cid7021.ImagingMeasurementReport,
         )
-        series_uid = volume.series.series_uid
         document = hd.sr.ComprehensiveSR(
             evidence=volume.sources,
             content=report[0],
-            series_instance_uid=derived_uid(series_uid, spec.name, spec.version, "sr-series"),
-            series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=derived_uid(series_uid, spec.name, spec.version, "sr"),
+            series_instance_uid=result_uid(volume.series, spec, "sr-series"),
+            series_number=result_series_number(spec.name, "sr"),
+            sop_instance_uid=result_uid(volume.series, spec, "sr"),
             instance_number=1,
             manufacturer="ScanStream",
             is_complete=True,

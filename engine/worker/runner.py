@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
 from engine.api import Artifact, ModelSpec, PluginError, SeriesInfo, Volume
@@ -106,7 +106,7 @@ class JobRunner:
                 reason=f"model {spec.name!r} is version {spec.version} here, job wants {job.get('model_version')}",
                 retryable=False,
             )
-        series = SeriesInfo(**job["series"])
+        series = replace(SeriesInfo(**job["series"]), revision=int(job.get("series_revision") or 1))
         timings: dict[str, float] = {}
         clock = time.perf_counter()
         try:

@@ -2,7 +2,9 @@
 
 Checks that every DICOM result arrived in Orthanc, in the source study, that the
 results reference the source series, and that processing the same study again
-(a fresh engine: new jobs, same derived UIDs) adds nothing to the PACS.
+(a fresh engine: new jobs, same derived UIDs) adds nothing to the PACS, while a
+late instance (a new revision of the series) sends new objects in a new series
+that Orthanc keeps beside the first revision's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from engine.testing.peers import OrthancPeer, orthanc_available
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing.ports import free_port
-from engine.testing import EngineProcess
+from engine.testing import EngineProcess, send_and_wait
 
 pytestmark = pytest.mark.skipif(not orthanc_available(),
                                 reason="Orthanc is not installed; `make test` installs it (apt-get install orthanc)")
@@ -84,3 +86,42 @@ def test_orthanc_pushes_a_study_and_receives_the_results(tmp_path: Path) -> None
         assert {job.job_id for job in second_jobs}.isdisjoint(job.job_id for job in jobs)
         assert second_uids == result_uids, "a re-run derived different result UIDs"
         assert pacs.instance_count() == len(files) + len(result_uids), "a re-run added duplicates to the PACS"
+
+
+def test_a_late_instance_sends_a_new_revision_beside_the_first(tmp_path: Path) -> None:
+    """Revision 2 of a series gets its own result UIDs and series: Orthanc keeps both, nothing is stale."""
+    phantom = generate_ct_phantom(7011, nodules=2, slices=24)
+    files = write_ct_series(phantom, tmp_path / "study")
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_uid = str(header.StudyInstanceUID)
+    with OrthancPeer(tmp_path / "orthanc") as pacs:
+        engine = _engine(tmp_path / "engine", free_port(), pacs)
+        engine.extra = {"routing": {"models": ["nodule-seg"]}}
+        engine.idle_timeout_s = 2.0  # the first revision (one slice short) completes on the idle timeout
+        with engine:
+            first = send_and_wait(files[:-1], engine, min_jobs=1)
+            (first_job,) = first.jobs
+            assert first_job.state == "done", first_job.reason
+            first_files = {name: pydicom.dcmread(path, stop_before_pixels=True)
+                           for name, path in first_job.files.items() if name.endswith(".dcm")}
+            assert "seg.dcm" in first_files
+            deliveries = _wait_delivered(engine, [first_job.job_id])
+            assert all(row.state == "sent" for row in deliveries), [(d.destination, d.reason) for d in deliveries]
+
+            second = send_and_wait(files[-1:], engine, min_jobs=2)
+            (second_job,) = [job for job in second.jobs if job.job_id != first_job.job_id]
+            assert second_job.state == "done", second_job.reason
+            second_files = {name: pydicom.dcmread(path, stop_before_pixels=True)
+                            for name, path in second_job.files.items() if name.endswith(".dcm")}
+            deliveries = _wait_delivered(engine, [second_job.job_id])
+            assert all(row.state == "sent" for row in deliveries), [(d.destination, d.reason) for d in deliveries]
+
+        first_uids = {str(ds.SOPInstanceUID) for ds in first_files.values()}
+        second_uids = {str(ds.SOPInstanceUID) for ds in second_files.values()}
+        assert first_uids.isdisjoint(second_uids), "revision 2 reused revision 1's result UIDs"
+        assert {str(ds.SeriesInstanceUID) for ds in first_files.values()}.isdisjoint(
+            str(ds.SeriesInstanceUID) for ds in second_files.values()), "revision 2's results are not in new series"
+        assert int(second_files["seg.dcm"].NumberOfFrames) > 0
+        held = {item["SOPInstanceUID"] for item in pacs.study_instances(study_uid)}
+        assert first_uids | second_uids <= held, "a revision's results did not reach Orthanc"
+        assert len(held) == len(first_uids) + len(second_uids), "Orthanc holds objects besides the two revisions' results"

@@ -13,8 +13,8 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless
 
 from engine.api import ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
-from engine.outputs.derived import DERIVED_SERIES_NUMBER, DerivedSeriesWriter, fit_rescale
-from engine.outputs.uids import derived_uid
+from engine.outputs.derived import DerivedSeriesWriter, fit_rescale
+from engine.outputs.uids import derived_uid, result_series_number
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.worker.decode import decode_series
 
@@ -111,7 +111,7 @@ def test_references_geometry_and_derivation(written) -> None:
         code = ds.DerivationCodeSequence[0]
         assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("113087", "DCM", "Smoothing")
         assert ds.DerivationDescription.startswith("toy-recon 2.1: test reconstruction")
-        assert ds.SeriesDescription == "toy-recon 2.1 derived" and ds.SeriesNumber == DERIVED_SERIES_NUMBER
+        assert ds.SeriesDescription == "toy-recon 2.1 derived" and ds.SeriesNumber == result_series_number("toy-recon", "derived")
         assert ds.Manufacturer == "ScanStream" and ds.ManufacturerModelName == "toy-recon"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -14,7 +15,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 from engine.api import Finding, ModelResult, PluginError, SeriesInfo
 from engine.outputs.result_json import ResultJsonWriter
 from engine.outputs.seg import SegWriter
-from engine.outputs.uids import derived_uid
+from engine.outputs.uids import RESULT_SERIES_KINDS, derived_uid, result_series_number
 from engine.worker.decode import decode_series
 from tests.unit.factories import ct_slice, writer_spec
 
@@ -67,3 +68,30 @@ def test_derived_uids_are_stable_and_distinct() -> None:
     assert a == derived_uid("1.2.3", "m", "1", "seg")
     assert a != derived_uid("1.2.3", "m", "2", "seg")
     assert len(a) <= 64 and pydicom.uid.UID(a).is_valid
+
+
+def test_each_revision_gets_its_own_result_uids_and_series(volume) -> None:
+    """A late instance makes revision 2: its SEG must not reuse revision 1's UIDs (a keep-first PACS keeps it)."""
+    mask = np.zeros(volume.voxels.shape, dtype=np.uint8)
+    mask[1, 2:5, 2:5] = 1
+    result = ModelResult(summary="1 finding", label_map=mask, segment_labels=["Nodule"])
+    first, again, second = (hd.seg.segread(io.BytesIO(SegWriter().write(result, revised, SPEC)[0].data))
+                            for revised in (volume, volume, dataclasses.replace(
+                                volume, series=dataclasses.replace(volume.series, revision=2))))
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+    assert first.SeriesInstanceUID != second.SeriesInstanceUID
+    assert second.SOPInstanceUID == derived_uid(volume.series.series_uid, "unit-seg", "2.1", "seg", revision=2)
+    assert first.SeriesNumber == second.SeriesNumber  # the model's series number stays
+
+
+def test_result_series_numbers_are_stable_and_distinct_per_model_and_kind() -> None:
+    from engine.plugins import load_plugins
+    from engine.config import EngineConfig
+
+    models = [spec.name for spec in load_plugins(EngineConfig()).models.all()]
+    assert len(models) >= 5
+    numbers = [result_series_number(model, kind) for model in models for kind in RESULT_SERIES_KINDS]
+    assert len(set(numbers)) == len(numbers), "two built-in models' result series share a number"
+    assert numbers == [result_series_number(model, kind) for model in models for kind in RESULT_SERIES_KINDS]
+    assert all(0 < number < 2**31 and len(str(number)) <= 12 for number in numbers)  # IS

@@ -19,7 +19,7 @@ from engine.outputs.preview import (
     to_grey,
     window,
 )
-from engine.outputs.uids import derived_uid
+from engine.outputs.uids import derived_uid, result_series_number
 from tests.unit.test_sr_writer import ct_volume, dx_volume, make_spec
 
 RED = OVERLAY_COLOURS[0]
@@ -57,7 +57,8 @@ def test_detection_preview_boxes_the_largest_finding_on_its_central_slice(tmp_pa
     assert preview.StudyInstanceUID == volume.series.study_uid
     assert preview.SeriesInstanceUID == derived_uid(volume.series.series_uid, "unit-model", "1.3", "preview-series")
     assert preview.SOPInstanceUID == derived_uid(volume.series.series_uid, "unit-model", "1.3", "preview")
-    assert (preview.SeriesNumber, preview.SeriesDescription) == (9003, "unit-model 1.3 preview")
+    assert (preview.SeriesNumber, preview.SeriesDescription) == (result_series_number("unit-model", "preview"),
+                                                           "unit-model 1.3 preview")
     assert max(preview.Rows, preview.Columns) <= MAX_SIDE
     assert _shown_instance(preview) == _instance_uid(volume, 3)
     assert list(preview.PatientOrientation) == ["L", "P"]

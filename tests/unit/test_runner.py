@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 
 import numpy as np
+import pydicom
 import torch
 from pydicom.uid import CTImageStorage, generate_uid
 
@@ -13,6 +15,7 @@ from engine.api import Finding, ModelRegistry, ModelResult, ModelSpec, OutputReg
 from engine.broker.worker_link import JobDone, JobFailed, JobRequest
 from engine.outputs.result_json import ResultJsonWriter
 from engine.outputs.seg import SegWriter
+from engine.outputs.uids import derived_uid
 from engine.plugins import LoadedPlugins
 from engine.worker.runner import JobRunner
 from tests.unit.factories import ct_slice
@@ -39,9 +42,11 @@ def runner() -> JobRunner:
     return JobRunner(LoadedPlugins(models, outputs, ("test",)))
 
 
-def request(payload, model="threshold", version="1") -> JobRequest:
+def request(payload, model="threshold", version="1", revision: int | None = None) -> JobRequest:
     series = SeriesInfo(generate_uid(), generate_uid(), "CT", CTImageStorage, instance_count=len(payload))
     job = {"model": model, "model_version": version, "series": asdict(series)}
+    if revision is not None:
+        job["series_revision"] = revision
     return JobRequest("job-1", 1, job, [memoryview(p) for p in payload])
 
 
@@ -57,6 +62,22 @@ def test_job_produces_result_json_and_seg() -> None:
     assert document["findings"][0]["voxel_count"] == 64
     assert set(document["timings_s"]) == {"decode_s", "preprocess_s", "infer_s", "postprocess_s", "outputs_s"}
     assert outcome.result["summary"] == "64 voxels"
+
+
+def test_the_job_revision_reaches_the_writers_as_their_uids() -> None:
+    study, series = generate_uid(), generate_uid()
+    payload = [ct_slice(float(z), 1024 + (50 if z == 1 else -50), size=8, study_uid=study, series_uid=series)
+               for z in range(3)]
+    uids = {}
+    for revision in (1, 2):
+        job = request(payload, revision=revision)
+        outcome = runner().handle(job)
+        assert isinstance(outcome, JobDone)
+        seg = pydicom.dcmread(io.BytesIO(dict((n, d) for n, _, d in outcome.artifacts)["seg.dcm"]))
+        series_uid = job.job["series"]["series_uid"]
+        assert seg.SOPInstanceUID == derived_uid(series_uid, "threshold", "1", "seg", revision=revision)
+        uids[revision] = seg.SOPInstanceUID
+    assert uids[1] != uids[2]
 
 
 def test_bad_data_unknown_model_and_version_fail_without_retry() -> None:

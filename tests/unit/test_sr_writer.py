@@ -26,7 +26,7 @@ from pydicom.uid import (
 
 from engine.api import Finding, ImageRegion, ModelResult, ModelSpec, PluginError, SeriesInfo, Volume
 from engine.outputs.sr import SrWriter
-from engine.outputs.uids import derived_uid
+from engine.outputs.uids import derived_uid, result_series_number
 from engine.synthetic.ct_phantom import CTPhantom, generate_ct_phantom, write_ct_series
 from engine.worker.decode import decode_series
 from tests.unit.factories import writer_spec
@@ -148,7 +148,8 @@ def test_detection_sr_has_one_planar_roi_per_region_on_the_exact_source_slice(tm
     assert sr.StudyInstanceUID == volume.series.study_uid
     assert sr.SeriesInstanceUID == derived_uid(volume.series.series_uid, "unit-model", "1.3", "sr-series")
     assert sr.SOPInstanceUID == derived_uid(volume.series.series_uid, "unit-model", "1.3", "sr")
-    assert (sr.SeriesNumber, sr.SeriesDescription, sr.Manufacturer) == (9002, "unit-model 1.3 report", "ScanStream")
+    assert (sr.SeriesNumber, sr.SeriesDescription, sr.Manufacturer) == (result_series_number("unit-model", "sr"),
+                                                                  "unit-model 1.3 report", "ScanStream")
     assert "unit-model 1.3" in str(sr.SoftwareVersions)
     assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
     device = report.get_observer_contexts()[0].observer_identifying_attributes
