@@ -16,6 +16,21 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.Ca
     assert "receiver.port" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "key"), [
+    (["--port", "99999"], "receiver.port (command line --port)"),
+    (["--workers", "-4"], "worker.count (command line --workers)"),
+    (["--http-port", "70000"], "http.port (command line --http-port)"),
+])
+def test_command_line_overrides_are_validated_like_the_file(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch, flags: list[str],
+                                                            key: str) -> None:
+    """``serve --port 99999`` stops before anything starts, naming the key and the flag (issue 16, item 3)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["serve", *flags, "--data-dir", str(tmp_path / "data")]) == 2
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
 def test_plugins_lists_models_and_outputs(tmp_path: Path, capsys: pytest.CaptureFixture,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
