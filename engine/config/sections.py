@@ -143,6 +143,9 @@ class BrokerConfig(_Section):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_liveness: int = Field(3, ge=1)
     max_attempts: int = Field(3, ge=1)
+    lease_timeout_s: float = Field(30.0, gt=0, description="a leased job no connected worker holds is taken back "
+                                                          "(queued again, an attempt counted) this long after its "
+                                                          "last renewal")
     curve_secret_key: str = Field("", description="broker's Curve secret certificate (NAME.key_secret); "
                                                   "required when bind is not loopback")
     curve_authorized_keys: str = Field("", description="folder of the public certificates (*.key) of allowed workers")

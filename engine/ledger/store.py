@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Collection, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -32,6 +32,7 @@ DuplicatePolicy = Literal["keep_first", "replace"]
 JOB_STATES = ("queued", "leased", "done", "failed", "dead")
 DELIVERY_STATES = ("pending", "sent", "failed")
 FINAL_JOB_STATES = ("done", "failed", "dead")
+LEASE_EXPIRED = "lease expired: held by no connected worker"
 
 # Each step takes the ledger from version i to i + 1; released steps are never edited.
 _MIGRATIONS: tuple[str, ...] = (
@@ -675,11 +676,39 @@ class Ledger:
         return "queued" if released else None
 
     def requeue(self, job_id: str, now: float) -> bool:
-        """Put a failed or dead-lettered job back in the queue with fresh attempts."""
-        with self._tx() as db:
+        """Put a failed or dead-lettered job back in the queue with fresh attempts, or a leased one whose
+        lease expired (the broker renews the leases its connected workers hold, so it is held by none)."""
+        with self._tx(job_change=True) as db:
             return db.execute("UPDATE jobs SET state = 'queued', attempts = 0, worker = NULL, finished = NULL,"
-                              " reason = 'requeued: ' || COALESCE(reason, '') WHERE job_id = ?"
-                              " AND state IN ('failed', 'dead')", (job_id,)).rowcount == 1
+                              " lease_expires = NULL, reason = 'requeued: ' || COALESCE(reason, '') WHERE job_id = ?"
+                              " AND (state IN ('failed', 'dead') OR (state = 'leased' AND"
+                              " (lease_expires IS NULL OR lease_expires < ?)))", (job_id, now)).rowcount == 1
+
+    def reap_leases(self, held: Collection[str], now: float, lease_seconds: float) -> list[tuple[str, str]]:
+        """Renew the leases of ``held`` jobs (those a connected worker holds) and take back every other
+        lease past ``lease_expires``: queued again, or dead-lettered after max attempts.
+
+        Returns (job id, new state) of each lease taken back. A lease is renewed once less
+        than half of it is left, so a pass writes nothing while every lease is fresh.
+        """
+        held, holding = tuple(held), set(held)
+        renew_before = now + lease_seconds / 2
+        with self._tx(job_change=True) as db:
+            if held:
+                db.execute(f"UPDATE jobs SET lease_expires = ? WHERE state = 'leased' AND job_id IN"
+                           f" ({','.join('?' * len(held))}) AND (lease_expires IS NULL OR lease_expires < ?)",
+                           (now + lease_seconds, *held, renew_before))
+            expired = [row for row in db.execute(
+                "SELECT job_id, attempts, max_attempts FROM jobs WHERE state = 'leased'"
+                " AND (lease_expires IS NULL OR lease_expires < ?)", (now,)).fetchall() if row[0] not in holding]
+            taken: list[tuple[str, str]] = []
+            for job_id, attempts, max_attempts in expired:
+                state = "queued" if attempts < max_attempts else "dead"
+                db.execute("UPDATE jobs SET state = ?, reason = ?, worker = NULL, lease_expires = NULL,"
+                           " finished = ? WHERE job_id = ?",
+                           (state, LEASE_EXPIRED, None if state == "queued" else now, job_id))
+                taken.append((job_id, state))
+            return taken
 
     def requeue_leased_on_start(self) -> int:
         """Jobs leased when the receiver stopped go back to the queue; returns how many."""

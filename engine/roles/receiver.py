@@ -54,7 +54,8 @@ class ReceiverRole:
         self.broker = Broker(
             config.broker.bind,
             LedgerJobSource(self.ledger, self.spool, self.results, self.histograms,
-                            deliveries=self.delivery.destinations_for, on_done=self.delivery.wake),
+                            deliveries=self.delivery.destinations_for, on_done=self.delivery.wake,
+                            lease_seconds=config.broker.lease_timeout_s),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
             curve=config.broker.curve(),
