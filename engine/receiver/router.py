@@ -8,6 +8,10 @@ which orders the queue before age.
 
 Jobs are keyed by (series, revision, model, model version) in the ledger, so routing
 the same completion twice (a restart, a repeated call) creates nothing new.
+
+A selector that raises is one model's fault: it is logged with the model named, that
+model skips the series, and the others (and start-up, which routes complete series
+again) go on.
 """
 
 from __future__ import annotations
@@ -15,11 +19,19 @@ from __future__ import annotations
 import time
 from typing import Callable, Mapping, Sequence
 
-from engine.api import ModelRegistry, PluginError
+from engine.api import ModelRegistry, ModelSpec, PluginError, SeriesInfo
 from engine.logs import get_logger
 from engine.ledger.store import Ledger
 
 log = get_logger(__name__)
+
+
+def run_selector(spec: ModelSpec, info: SeriesInfo) -> tuple[bool, str]:
+    """Whether ``spec``'s selector takes the series, and the error it raised ("" when none; then not taken)."""
+    try:
+        return bool(spec.selector(info)), ""
+    except Exception as exc:  # a plugin's code: its failure must not block the other models
+        return False, f"{type(exc).__name__}: {exc}"[:300]
 
 
 class Router:
@@ -46,8 +58,17 @@ class Router:
     def route(self, series_uid: str, revision: int) -> list[str]:
         """Queue one job per model that takes the series; returns the ids of jobs created now."""
         info = self._ledger.series_info(series_uid)
-        selected = [spec for spec in self._models.select(info) if not self._enabled or spec.name in self._enabled]
         series_key = self._ledger.series_key(series_uid)
+        selected = []
+        for spec in self._models.all():
+            if self._enabled and spec.name not in self._enabled:
+                continue
+            taken, error = run_selector(spec, info)
+            if error:
+                log.error("router.selector_failed", model=spec.name, series_key=series_key, revision=revision,
+                          error=error)
+            elif taken:
+                selected.append(spec)
         if not selected:
             log.info("series.unrouted", series_key=series_key, revision=revision, modality=info.modality,
                      instances=info.instance_count)

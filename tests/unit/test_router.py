@@ -105,3 +105,24 @@ def test_routing_models_limits_the_models_used(ledger: Ledger) -> None:
     assert [job.model for job in ledger.list_jobs()] == ["ct-b"]
     with pytest.raises(PluginError, match="routing.models names unregistered model.*nope"):
         Router(ledger, registry(), lambda: None, enabled=["nope"])
+
+
+def test_a_selector_that_raises_skips_its_model_only(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    from engine.web.models_view import why_unrouted
+
+    def broken(series):
+        raise KeyError("BodyPartExamined")
+
+    models = registry()
+    models.add(ModelSpec(name="broken", version="1", description="", selector=broken,
+                         load_network=torch.nn.Identity, handler=_Handler()))
+    router = Router(ledger, models, lambda: None)
+    with caplog.at_level(logging.INFO, logger="engine.receiver.router"):
+        jobs = router.route("1.2.3", 1)
+    assert sorted(ledger.job(j).model for j in jobs) == ["ct-a", "ct-b"]  # the others still run
+    (failed,) = [r for r in caplog.records if r.getMessage() == "router.selector_failed"]
+    assert failed.levelno == logging.ERROR
+    assert failed.__dict__["fields"]["model"] == "broken"
+    assert failed.__dict__["fields"]["error"] == "KeyError: 'BodyPartExamined'"
+    reasons = why_unrouted(ledger.series_info("1.2.4"), models.all(), ())
+    assert "broken: its selector raised KeyError: 'BodyPartExamined'" in reasons
