@@ -79,6 +79,44 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (job_id, destination));
     CREATE INDEX deliveries_due ON deliveries(state, next_attempt);
     """,
+    # Issue 17: a ledger that stays fast with history: indexes for the study report, the assembler tick and
+    # the latency ledger, and totals (instances, bytes, jobs and deliveries per state) kept by triggers in the
+    # writing transaction, so a /metrics scrape or `status` reads a few rows instead of every instance.
+    """
+    CREATE INDEX series_by_study ON series(study_uid);
+    CREATE INDEX series_by_state ON series(state);
+    CREATE INDEX jobs_by_finished ON jobs(state, finished);
+    CREATE INDEX deliveries_by_job ON deliveries(job_id, state, finished);
+    CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO totals SELECT 'instances', COUNT(*) FROM instances;
+    INSERT INTO totals SELECT 'instance_bytes', COALESCE(SUM(size), 0) FROM instances;
+    INSERT INTO totals SELECT 'jobs:' || state, COUNT(*) FROM jobs GROUP BY state;
+    INSERT INTO totals SELECT 'deliveries:' || state, COUNT(*) FROM deliveries GROUP BY state;
+    CREATE TRIGGER totals_instance_added AFTER INSERT ON instances BEGIN
+        INSERT INTO totals VALUES ('instances', 1), ('instance_bytes', NEW.size)
+        ON CONFLICT(name) DO UPDATE SET value = value + excluded.value; END;
+    CREATE TRIGGER totals_instance_resized AFTER UPDATE OF size ON instances BEGIN
+        UPDATE totals SET value = value + NEW.size - OLD.size WHERE name = 'instance_bytes'; END;
+    CREATE TRIGGER totals_instance_removed AFTER DELETE ON instances BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'instances';
+        UPDATE totals SET value = value - OLD.size WHERE name = 'instance_bytes'; END;
+    CREATE TRIGGER totals_job_added AFTER INSERT ON jobs BEGIN
+        INSERT INTO totals VALUES ('jobs:' || NEW.state, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_job_moved AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'jobs:' || OLD.state;
+        INSERT INTO totals VALUES ('jobs:' || NEW.state, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_job_removed AFTER DELETE ON jobs BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'jobs:' || OLD.state; END;
+    CREATE TRIGGER totals_delivery_added AFTER INSERT ON deliveries BEGIN
+        INSERT INTO totals VALUES ('deliveries:' || NEW.state, 1)
+        ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_delivery_moved AFTER UPDATE OF state ON deliveries WHEN NEW.state != OLD.state BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'deliveries:' || OLD.state;
+        INSERT INTO totals VALUES ('deliveries:' || NEW.state, 1)
+        ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_delivery_removed AFTER DELETE ON deliveries BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'deliveries:' || OLD.state; END;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -275,6 +313,20 @@ class DeliveryRow:
 _DELIVERY_COLUMNS = ", ".join(f.name for f in fields(DeliveryRow))
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration step, split where a statement is complete (a trigger's body keeps
+    its inner semicolons)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
+
+
 def _key(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(6)}"
 
@@ -322,7 +374,7 @@ class Ledger:
                 raise LedgerError(f"{self.path} has schema version {version}; this ScanStream knows up to "
                                   f"{SCHEMA_VERSION} (upgrade ScanStream, or use another data_dir)")
             for step in range(version, SCHEMA_VERSION):
-                for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
+                for statement in _statements(_MIGRATIONS[step]):
                     db.execute(statement)
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version VALUES (?)", (step + 1,))
@@ -568,10 +620,12 @@ class Ledger:
         """The latency ledger of done jobs (newest first, at most ``limit``, or just ``job_ids``)."""
         query = ("SELECT j.job_id, j.model, s.first_received, s.last_received, s.completed_at, j.created,"
                  " j.leased, j.finished, (SELECT MAX(d.finished) FROM deliveries d WHERE d.job_id = j.job_id"
-                 " AND d.state = 'sent') FROM jobs j JOIN series s USING (series_uid) WHERE j.state = 'done'")
+                 " AND d.state = 'sent') FROM jobs j JOIN series s USING (series_uid)")
         params: tuple = ()
-        if job_ids is not None:
-            query += f" AND j.job_id IN ({','.join('?' * len(job_ids))})"
+        if job_ids is None:
+            query += " WHERE j.state = 'done'"
+        else:  # by primary key: "+" keeps the planner off the state index, which walks every done job
+            query += f" WHERE j.job_id IN ({','.join('?' * len(job_ids))}) AND +j.state = 'done'"
             params = tuple(job_ids)
         query += " ORDER BY j.finished DESC LIMIT ?"
         with self._lock:
@@ -617,11 +671,16 @@ class Ledger:
                        (state, reason, warnings, next_attempt, None if state == "pending" else now, job_id,
                         destination))
 
-    def deliveries(self, job_ids: Sequence[str] | None = None) -> list[DeliveryRow]:
-        """Deliveries of ``job_ids`` (every delivery when None), oldest first."""
-        where, params = "", ()
+    def deliveries(self, job_ids: Sequence[str] | None = None, state: str | None = None) -> list[DeliveryRow]:
+        """Deliveries of ``job_ids`` (every delivery when None), in ``state`` when given, oldest first."""
+        clauses, params = [], ()
         if job_ids is not None:
-            where, params = f" WHERE job_id IN ({','.join('?' * len(job_ids))})", tuple(job_ids)
+            clauses.append(f"job_id IN ({','.join('?' * len(job_ids))})")
+            params = tuple(job_ids)
+        if state is not None:
+            clauses.append("state = ?")
+            params += (state,)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries{where} ORDER BY created, job_id,"
                                     " destination", params).fetchall()
@@ -629,8 +688,7 @@ class Ledger:
 
     def delivery_counts(self) -> dict[str, int]:
         """Deliveries per state (every state present, zero included)."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+        found = self._totals("deliveries:")
         return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}
 
     def requeue_delivery(self, job_id: str, destination: str, now: float) -> bool:
@@ -642,9 +700,8 @@ class Ledger:
 
     def received_totals(self) -> tuple[int, int]:
         """(instances, bytes) stored so far."""
-        with self._lock:
-            count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances").fetchone()
-        return int(count), int(size)
+        totals = self._totals("instance")
+        return int(totals.get("s", 0)), int(totals.get("_bytes", 0))
 
     def fail_job(self, job_id: str, attempt: int, reason: str, retryable: bool, now: float) -> str | None:
         """Requeue a retryable failure with attempts left, else 'failed' (not retryable) or 'dead'
@@ -746,9 +803,15 @@ class Ledger:
 
     def job_counts(self) -> dict[str, int]:
         """Jobs per state (every state present, zero included)."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        found = self._totals("jobs:")
         return {state: int(found.get(state, 0)) for state in JOB_STATES}
+
+    def _totals(self, prefix: str) -> dict[str, int]:
+        """The trigger-kept totals whose name starts with ``prefix``, by the rest of their name."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM totals WHERE name >= ? AND name < ?",
+                                    (prefix, prefix + "\uffff")).fetchall()
+        return {name[len(prefix):]: int(value) for name, value in rows}
 
     def status_counts(self) -> dict[str, int]:
         """What ``scanstream status`` shows: studies, series, instances, queue depth and job states."""
@@ -756,10 +819,10 @@ class Ledger:
         with self._lock:
             studies = self._db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
             series = dict(self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall())
-            instances = self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
             unrouted = self._db.execute("SELECT COUNT(*) FROM series s WHERE s.state = 'complete' AND NOT EXISTS"
                                         " (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid)").fetchone()[0]
         deliveries = self.delivery_counts()
+        instances = self.received_totals()[0]
         return {"studies": studies, "series open": series.get("open", 0),
                 "series complete": series.get("complete", 0), "series unrouted": unrouted, "instances": instances,
                 "queue depth": jobs["queued"], "in flight": jobs["leased"], "done": jobs["done"],

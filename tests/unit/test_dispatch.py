@@ -27,7 +27,8 @@ def parts(tmp_path: Path):
     ledger.close()
 
 
-def add_series(ledger: Ledger, spool: Spool, series: str, count: int = 2, max_attempts: int = 3) -> tuple[str, list]:
+def add_series(ledger: Ledger, spool: Spool, series: str, count: int = 2, max_attempts: int = 3,
+               created: float = 2.0) -> tuple[str, list]:
     """Spool and record ``count`` instances of a series; queue one job of model "m" on it."""
     entries = []
     for n in range(1, count + 1):
@@ -36,7 +37,7 @@ def add_series(ledger: Ledger, spool: Spool, series: str, count: int = 2, max_at
         ledger.add_instance(InstanceMeta(STUDY, series, sop, CTImageStorage, modality="CT", instance_number=n),
                             entry, "CT1", 1.0)
         entries.append(entry)
-    job = ledger.create_job(series, 0, "m", "1", now=2.0, max_attempts=max_attempts)
+    job = ledger.create_job(series, 0, "m", "1", now=created, max_attempts=max_attempts)
     assert job is not None
     return job, entries
 
@@ -44,7 +45,7 @@ def add_series(ledger: Ledger, spool: Spool, series: str, count: int = 2, max_at
 def test_a_job_whose_spool_files_are_gone_fails_at_once_and_the_next_job_goes_out(parts) -> None:
     ledger, spool, results = parts
     gone, entries = add_series(ledger, spool, "1.2.826.0.1.3680043.8.498.7.1")
-    intact, _ = add_series(ledger, spool, "1.2.826.0.1.3680043.8.498.7.2")
+    intact, _ = add_series(ledger, spool, "1.2.826.0.1.3680043.8.498.7.2", created=3.0)  # claimed second
     spool.path(entries[1].name).unlink()  # removed by hand
     source = LedgerJobSource(ledger, spool, results)
     outgoing = source.next_job(WORKER)
