@@ -231,6 +231,10 @@ class Broker:
         """The latest snapshot (rebuilt by the broker thread after every event)."""
         return self._stats
 
+    def alive(self) -> bool:
+        """Whether the broker thread is running (False before start, after stop, or once it crashed)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
+
     def workers(self) -> tuple[WorkerSnapshot, ...]:
         """The connected workers, by name (rebuilt by the broker thread with the stats)."""
         return self._snapshots

@@ -35,6 +35,9 @@ class ReceiverConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(16, ge=1)
+    unhealthy_exit_s: float = Field(30.0, gt=0, description="a part (broker, delivery or assembler thread, a "
+                                                            "writable ledger) failing this long makes the process "
+                                                            "exit non-zero, for its supervisor to restart it")
     allowed_calling_aets: list[str] = Field(default_factory=list, description="AE titles allowed to connect, each "
                                             "optionally bound to a host address: CT1 or CT1@10.0.0.5; empty = any")
     max_instance_bytes: int = Field(2**31 - 1, ge=1024)
