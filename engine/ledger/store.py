@@ -117,6 +117,14 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER totals_delivery_removed AFTER DELETE ON deliveries BEGIN
         UPDATE totals SET value = value - 1 WHERE name = 'deliveries:' || OLD.state; END;
     """,
+    # Issue 17: backfill is a choice. A series revision remembers that it was routed, so start-up routes only
+    # revisions a crash left unrouted (a new model or version no longer runs on all history), and a job
+    # remembers whether its results go to the destinations (backfilled ones only when asked).
+    """
+    ALTER TABLE series ADD COLUMN routed_revision INTEGER NOT NULL DEFAULT 0;
+    UPDATE series SET routed_revision = revision WHERE state = 'complete';
+    ALTER TABLE jobs ADD COLUMN deliver INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -289,6 +297,7 @@ class JobRow:
     leased: float | None
     finished: float | None
     lease_expires: float | None
+    deliver: int = 1  # 0: a backfilled job whose results stay out of the destinations
 
 
 _JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
@@ -532,11 +541,26 @@ class Ledger:
                 return 0
             return int(db.execute("SELECT revision FROM series WHERE series_uid = ?", (series_uid,)).fetchone()[0])
 
-    def complete_series_revisions(self) -> list[tuple[str, int]]:
-        """(series UID, revision) of every complete series, for idempotent re-routing at start."""
+    def complete_series_revisions(self, since: float | None = None) -> list[tuple[str, int]]:
+        """(series UID, revision) of every complete series (completed at or after ``since`` when given)."""
+        where, params = ("", ()) if since is None else (" AND completed_at >= ?", (since,))
         with self._lock:
             return [(r[0], r[1]) for r in self._db.execute(
-                "SELECT series_uid, revision FROM series WHERE state = 'complete' ORDER BY completed_at")]
+                f"SELECT series_uid, revision FROM series WHERE state = 'complete'{where} ORDER BY completed_at",
+                params)]
+
+    def unrouted_series_revisions(self) -> list[tuple[str, int]]:
+        """(series UID, revision) of complete series whose revision was never routed (a crash in between)."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT series_uid, revision FROM series WHERE state = 'complete' AND routed_revision < revision"
+                " ORDER BY completed_at")]
+
+    def mark_routed(self, series_uid: str, revision: int) -> None:
+        """Record that ``revision`` of the series went through the router (its jobs, if any, are queued)."""
+        with self._tx() as db:
+            db.execute("UPDATE series SET routed_revision = MAX(routed_revision, ?) WHERE series_uid = ?",
+                       (revision, series_uid))
 
     def series_info(self, series_uid: str) -> SeriesInfo:
         """What selectors see of a series (raises KeyError for an unknown series)."""
@@ -574,14 +598,18 @@ class Ledger:
     # -- jobs ----------------------------------------------------------------------------
 
     def create_job(self, series_uid: str, revision: int, model: str, model_version: str, now: float,
-                   priority: int = 0, max_attempts: int = 3) -> str | None:
-        """Queue a job; None when the (series, revision, model, version) job already exists."""
+                   priority: int = 0, max_attempts: int = 3, deliver: bool = True) -> str | None:
+        """Queue a job; None when the (series, revision, model, version) job already exists.
+
+        ``deliver=False`` keeps its results out of the destinations (a backfill not asked to deliver).
+        """
         job_id = uuid.uuid4().hex[:16]
         with self._tx(job_change=True) as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, series_uid, series_revision, model, model_version, state,"
-                " max_attempts, priority, created) VALUES (?,?,?,?,?, 'queued', ?,?,?)",
-                (job_id, series_uid, revision, model, model_version, max_attempts, priority, now)).rowcount
+                " max_attempts, priority, created, deliver) VALUES (?,?,?,?,?, 'queued', ?,?,?,?)",
+                (job_id, series_uid, revision, model, model_version, max_attempts, priority, now,
+                 int(deliver))).rowcount
         return job_id if inserted else None
 
     def claim_job(self, worker: str, now: float, models: Sequence[str] | None = None,

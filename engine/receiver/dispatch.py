@@ -119,7 +119,7 @@ class LedgerJobSource:
             return
         stages = {str(k): float(v) for k, v in (result.get("timings_s") or {}).items()
                   if isinstance(v, (int, float))}
-        destinations = self._deliveries(job.model, folder) if self._deliveries is not None else []
+        destinations = self._deliveries(job.model, folder) if self._deliveries is not None and job.deliver else []
         if self._ledger.complete_job(job_id, attempt, str(folder), time.time(), stages, destinations):
             (timeline,) = self._ledger.timelines([job_id])
             if self._histograms is not None:

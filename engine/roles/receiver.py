@@ -22,7 +22,7 @@ from engine.plugins import LoadedPlugins
 from engine.receiver.assembler import Assembler
 from engine.receiver.audit import AuditTrail
 from engine.receiver.dispatch import LedgerJobSource
-from engine.receiver.router import Router
+from engine.receiver.router import Router, backfill
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.roles.health import HealthMonitor
@@ -164,8 +164,11 @@ class ReceiverRole:
             self._on_fatal = on_fatal
         requeued = self.ledger.requeue_leased_on_start()
         self.broker.start()
-        for series_uid, revision in self.ledger.complete_series_revisions():
+        for series_uid, revision in self.ledger.unrouted_series_revisions():  # a crash between complete and route
             self.router.route(series_uid, revision)
+        since = self.config.routing.backfill_since
+        if since is not None:
+            backfill(self.ledger, self.router, since, deliver=self.config.routing.backfill_deliver)
         self.assembler.start(tick=self.config.assembler.tick_s)
         self.delivery.start()
         self.http.start()

@@ -101,3 +101,15 @@ def test_requeue_refuses_a_job_whose_source_files_are_gone(tmp_path: Path, capsy
         assert ledger.job(job).state == "failed"  # left as it was
     finally:
         ledger.close()
+
+
+def test_backfill_names_an_unknown_model_and_a_bad_date(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine.ledger.store import Ledger
+
+    Ledger(tmp_path / "ledger.sqlite").close()
+    assert main(["backfill", "nope", "--since", "2026-01-01", "--data-dir", str(tmp_path)]) == 2
+    assert "no model 'nope' to backfill (routing may use: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["backfill", "nodule-seg", "--since", "last week", "--data-dir", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "--since takes a date as YYYY-MM-DD, got 'last week'" in capsys.readouterr().err

@@ -99,3 +99,18 @@ def test_requeue_takes_a_leased_job_whose_lease_ran_out(parts) -> None:
     assert ledger.requeue(job, 16.0)  # leased by no connected worker (no renewal came)
     row = ledger.job(job)
     assert (row.state, row.attempts, row.lease_expires) == ("queued", 0, None)
+
+
+def test_a_backfilled_job_not_asked_to_deliver_files_without_deliveries(parts) -> None:
+    ledger, spool, results = parts
+    series = "1.2.826.0.1.3680043.8.498.7.7"
+    add_series(ledger, spool, series)
+    ledger.complete_series(series, "test", 3.0)
+    backfilled = ledger.create_job(series, 1, "m", "1", now=4.0, deliver=False)
+    source = LedgerJobSource(ledger, spool, results, deliveries=lambda model, folder: ["pacs"])
+    for _ in range(2):
+        outgoing = source.next_job(WORKER)
+        source.job_done(outgoing.job_id, outgoing.attempt, {}, [({"name": "result.json"}, memoryview(b"{}"))])
+    assert {row.job_id for row in ledger.deliveries()} == {j.job_id for j in ledger.list_jobs() if j.deliver}
+    assert ledger.job(backfilled).state == "done" and ledger.deliveries([backfilled]) == []
+    assert len(ledger.deliveries()) == 1
