@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import pytest
 import zmq
@@ -37,6 +37,7 @@ class FakeSource:
         self.done: list[tuple[str, int, dict, list[tuple[dict, bytes]]]] = []
         self.failed: list[tuple[str, int, str, bool]] = []
         self.lost: list[tuple[str, int, str]] = []
+        self.reaped: list[set[str]] = []
         self.raise_on_done = False
 
     def add(self, job_id: str, payload: list[bytes] | None = None, attempt: int = 1, **job: Any) -> None:
@@ -71,6 +72,11 @@ class FakeSource:
         with self._cond:
             self.lost.append((job_id, attempt, reason))
             self._queue.appendleft(OutgoingJob(job_id, attempt + 1, {}, []))
+            self._cond.notify_all()
+
+    def reap(self, held: Collection[str]) -> None:
+        with self._cond:
+            self.reaped.append(set(held))
             self._cond.notify_all()
 
     def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -532,3 +538,15 @@ def test_stop_ends_the_thread(source: FakeSource) -> None:
     broker.notify()  # harmless after stop
     with pytest.raises(BrokerError):
         broker.start()
+
+
+def test_reap_is_told_the_jobs_connected_workers_hold(source: FakeSource, peer: Callable[..., Peer]) -> None:
+    worker = peer()
+    worker.ready("w1")
+    source.add("j1")
+    job = worker.expect(Command.JOB)
+    source.wait(lambda: any("j1" in held for held in source.reaped))  # renewed while the worker holds it
+    worker.done(job.header["job_id"], job.header["attempt"])
+    source.wait(lambda: bool(source.done))
+    count = len(source.reaped)
+    source.wait(lambda: len(source.reaped) > count and "j1" not in source.reaped[-1])  # settled: not held
