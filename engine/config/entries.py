@@ -149,6 +149,39 @@ class PreprocessingConfig(_Entry):
         return self
 
 
+class VolumetricConfig(_Entry):
+    """A 3D network's plan: orientation, target spacing, sliding window and blending (see docs/models.md).
+
+    Axes are the network's (D, H, W). ``orientation`` names the direction each of
+    them runs toward ("RAS": D to the patient's right, H anterior, W superior, as
+    MONAI's arrays; "LPS"); empty keeps the series' (slice, row, column) axes.
+    ``spacing`` is the voxel size in mm along (D, H, W) after reorienting, empty
+    keeps the series'; images are resampled linearly; the output goes back to the
+    source grid as logits resampled linearly (``invert = "logits"``) or as labels
+    by nearest voxel (``"labels"``).
+    """
+
+    orientation: Literal["", "RAS", "LPS"] = ""
+    spacing: tuple[float, float, float] | None = Field(None, description="mm along the network's (D, H, W)")
+    roi_size: tuple[int, int, int] = Field(description="the sliding window's (D, H, W) in voxels")
+    overlap: float = Field(0.25, ge=0.0, lt=1.0, description="fraction of the window shared with its neighbour")
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = Field(0.125, gt=0, description="the Gaussian's sigma as a fraction of the window side")
+    pad_value: float = Field(0.0, description="padding in normalised input units, where the volume is "
+                                              "smaller than the window")
+    invert: Literal["logits", "labels"] = Field("logits", description="back to the source grid: logits "
+                                                "resampled linearly, then labels (nnU-Net, MONAI Invert before "
+                                                "AsDiscrete), or labels by nearest voxel (less memory)")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "VolumetricConfig":
+        if min(self.roi_size) < 1:
+            raise ValueError("roi_size must be three positive integers [D, H, W]")
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise ValueError("spacing must be three positive millimetre values [D, H, W]")
+        return self
+
+
 class ModelEntryConfig(_Entry):
     """A model registered from configuration alone: a TorchScript (``.pt``/``.ts``) or ONNX (``.onnx``) file.
 
@@ -158,7 +191,9 @@ class ModelEntryConfig(_Entry):
     (sigmoid; the study's probability is the maximum over slices); detection ->
     (N, M, 6) rows of (x0, y0, x1, y1, score, class) in input pixels, score in [0, 1];
     reconstruction -> (N, 1, H, W) in the normalised units of the input.
-    K = len(labels).
+    K = len(labels). With ``volumetric``, N counts sliding windows, the input is
+    (N, 1, D, H, W) and outputs are (N, 1 | K + 1, D, H, W) or (N, K) (the
+    study's probability is the maximum over windows); ``preprocessing.size`` is unused.
     """
 
     name: str = Field(pattern=ENTRY_NAME)
@@ -171,6 +206,16 @@ class ModelEntryConfig(_Entry):
     max_batch: int = Field(16, ge=1)
     selector: SelectorConfig = Field(default_factory=SelectorConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    volumetric: VolumetricConfig | None = Field(None, description="a 3D network: input (N, 1, D, H, W) windows")
+
+    @model_validator(mode="after")
+    def _volumetric_family(self) -> "ModelEntryConfig":
+        if self.volumetric is not None:
+            if self.output not in ("segmentation", "classification"):
+                raise ValueError("volumetric models are segmentation or classification")
+            if self.preprocessing.context_slices:
+                raise ValueError("preprocessing.context_slices is for 2.5D networks; a volumetric model takes 0")
+        return self
 
     @field_validator("file")
     @classmethod
