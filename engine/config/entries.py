@@ -182,6 +182,20 @@ class VolumetricConfig(_Entry):
         return self
 
 
+class LabelCodeConfig(_Entry):
+    """A segment's coded concepts: ``category`` (CID 7150) and ``type``, each [scheme, value, meaning]."""
+
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+
+    @field_validator("category", "type")
+    @classmethod
+    def _code(cls, value: tuple[str, str, str]) -> tuple[str, str, str]:
+        if not all(part.strip() for part in value):
+            raise ValueError('a code is [scheme, value, meaning], none empty, e.g. ["SCT", "10200004", "Liver"]')
+        return value
+
+
 class ModelEntryConfig(_Entry):
     """A model registered from configuration alone: a TorchScript (``.pt``/``.ts``) or ONNX (``.onnx``) file.
 
@@ -207,6 +221,19 @@ class ModelEntryConfig(_Entry):
     selector: SelectorConfig = Field(default_factory=SelectorConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
     volumetric: VolumetricConfig | None = Field(None, description="a 3D network: input (N, 1, D, H, W) windows")
+    label_codes: dict[str, LabelCodeConfig] = Field(default_factory=dict, description="SEG segment codes by "
+                                                    "label; others get defaults (engine/outputs/segment_codes.py)")
+
+    @model_validator(mode="after")
+    def _coded_labels(self) -> "ModelEntryConfig":
+        unknown = sorted(set(self.label_codes) - set(self.labels))
+        if unknown:
+            raise ValueError(f"label_codes names {unknown}, which are not in labels {list(self.labels)}")
+        return self
+
+    def segment_codes(self) -> dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]:
+        """``label_codes`` as :attr:`engine.api.ModelResult.segment_codes` takes them."""
+        return {label: (code.category, code.type) for label, code in self.label_codes.items()}
 
     @model_validator(mode="after")
     def _volumetric_family(self) -> "ModelEntryConfig":

@@ -114,7 +114,7 @@ class EntryHandler:
         summary = f"{self.entry.name}: " + (", ".join(f"{f.label} {f.volume_ml:.2f} ml" for f in findings)
                                             or "nothing segmented")
         return ModelResult(summary=summary, findings=findings, label_map=label_map,
-                           segment_labels=list(self.entry.labels))
+                           segment_labels=list(self.entry.labels), segment_codes=self.entry.segment_codes())
 
     def _classification(self, logits: torch.Tensor) -> ModelResult:
         study = torch.sigmoid(logits.reshape(logits.shape[0], -1)).max(dim=0).values

@@ -97,4 +97,5 @@ class VolumetricHandler:
         volumes = ", ".join(f"{f.label} {f.volume_ml:.2f} ml" for f in findings) or "nothing segmented"
         return ModelResult(summary=f"{self.entry.name}: {volumes}", findings=findings, label_map=label_map,
                            segment_labels=list(self.entry.labels),
+                           segment_codes=self.entry.segment_codes(),
                            extra={"windows": len(grid.origins()), "network_grid": list(grid.shape)})
