@@ -235,10 +235,27 @@ def check_entry_file(entry: ModelEntryConfig) -> None:
         try:
             output = network(torch.zeros(example))
         except RuntimeError as error:
-            raise PluginError(f"models entry {entry.name!r}: the network does not take input "
-                              f"{tuple(example)}: {str(error).splitlines()[0]}") from None
+            raise PluginError(f"models entry {entry.name!r}: the network does not take input {tuple(example)} "
+                              f"({_input_source(entry)}): {_interpreter_error(error)}") from None
     output = output[0] if isinstance(output, (tuple, list)) else output
     _shape_fits(tuple(int(n) for n in output.shape), expected_output(entry), "output", entry)
+
+
+def _interpreter_error(error: RuntimeError) -> str:
+    """The message of a TorchScript interpreter failure (its last line), not the trace above it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    return last.split(": ", 1)[1] if re.match(r"^[A-Za-z]*Error: ", last) else last
+
+
+def _input_source(entry: ModelEntryConfig) -> str:
+    """Where the input shape comes from, in config keys."""
+    if entry.volumetric is not None:
+        return f"1 channel, volumetric.roi_size {list(entry.volumetric.roi_size)}"
+    pre = entry.preprocessing
+    return (f"C = 2 x preprocessing.context_slices + 1 = {pre.channels}, preprocessing.size {list(pre.size)}")
 
 
 def input_example(entry: ModelEntryConfig) -> tuple[int, ...]:
