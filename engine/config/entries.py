@@ -157,8 +157,8 @@ class VolumetricConfig(_Entry):
     MONAI's arrays; "LPS"); empty keeps the series' (slice, row, column) axes.
     ``spacing`` is the voxel size in mm along (D, H, W) after reorienting, empty
     keeps the series'; images are resampled linearly; the output goes back to the
-    source grid as logits resampled linearly (``invert = "logits"``) or as labels
-    by nearest voxel (``"labels"``).
+    source grid as logits or probabilities resampled linearly (``invert``), or as
+    labels by nearest voxel (``"labels"``).
     """
 
     orientation: Literal["", "RAS", "LPS"] = ""
@@ -169,9 +169,12 @@ class VolumetricConfig(_Entry):
     sigma_scale: float = Field(0.125, gt=0, description="the Gaussian's sigma as a fraction of the window side")
     pad_value: float = Field(0.0, description="padding in normalised input units, where the volume is "
                                               "smaller than the window")
-    invert: Literal["logits", "labels"] = Field("logits", description="back to the source grid: logits "
-                                                "resampled linearly, then labels (nnU-Net, MONAI Invert before "
-                                                "AsDiscrete), or labels by nearest voxel (less memory)")
+    background_channel: bool = Field(False, description="one label as (N, 2, D, H, W) logits, channel 0 the "
+                                                        "background (MONAI's softmax layout); K > 1 always has it")
+    invert: Literal["logits", "probabilities", "labels"] = Field(
+        "logits", description="back to the source grid: logits (nnU-Net) or probabilities (softmax/sigmoid "
+                              "first, as MONAI's Activations then Invert) resampled linearly, then labels; or "
+                              "labels by nearest voxel (less memory)")
 
     @model_validator(mode="after")
     def _positive(self) -> "VolumetricConfig":
@@ -212,8 +215,10 @@ class ModelEntryConfig(_Entry):
 
     name: str = Field(pattern=ENTRY_NAME)
     version: str = Field(min_length=1)
-    file: Path
-    output: Literal["classification", "detection", "segmentation", "reconstruction"]
+    file: Path | None = Field(None, description="a TorchScript or ONNX file; or give bundle")
+    bundle: Path | None = Field(None, description="a MONAI Bundle folder (configs/metadata.json, "
+                                                  "configs/inference.json, models/model.ts or model.onnx)")
+    output: Literal["classification", "detection", "segmentation", "reconstruction"] | None = None
     labels: list[str] = Field(default_factory=lambda: ["finding"], min_length=1)
     description: str = ""
     threshold: float = Field(0.5, gt=0, lt=1)
@@ -225,7 +230,18 @@ class ModelEntryConfig(_Entry):
                                                     "label; others get defaults (engine/outputs/segment_codes.py)")
 
     @model_validator(mode="after")
+    def _file_or_bundle(self) -> "ModelEntryConfig":
+        if (self.file is None) == (self.bundle is None):
+            raise ValueError("give one of file (a TorchScript or ONNX file) and bundle (a MONAI Bundle folder)")
+        if self.file is not None and self.output is None:
+            raise ValueError("output is required with file: classification, detection, segmentation "
+                             "or reconstruction")
+        return self
+
+    @model_validator(mode="after")
     def _coded_labels(self) -> "ModelEntryConfig":
+        if self.bundle is not None:
+            return self  # the labels come from the bundle; checked once it is read
         unknown = sorted(set(self.label_codes) - set(self.labels))
         if unknown:
             raise ValueError(f"label_codes names {unknown}, which are not in labels {list(self.labels)}")
@@ -246,7 +262,9 @@ class ModelEntryConfig(_Entry):
 
     @field_validator("file")
     @classmethod
-    def _model_file(cls, value: Path) -> Path:
+    def _model_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
         if value.suffix.lower() not in (".onnx", ".pt", ".ts", ".pth"):
             raise ValueError("a TorchScript (.pt, .ts, .pth) or ONNX (.onnx) file")
         return value.expanduser()
@@ -254,4 +272,4 @@ class ModelEntryConfig(_Entry):
     @property
     def is_onnx(self) -> bool:
         """True for an ONNX file, False for TorchScript."""
-        return self.file.suffix.lower() == ".onnx"
+        return self.file is not None and self.file.suffix.lower() == ".onnx"

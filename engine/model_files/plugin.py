@@ -178,7 +178,8 @@ def expected_output(entry: ModelEntryConfig) -> tuple[int, ...]:
     if entry.volumetric is not None:
         if entry.output == "classification":
             return (1, labels)
-        return (1, 1 if labels == 1 else labels + 1, *entry.volumetric.roi_size)
+        channels = 1 if labels == 1 and not entry.volumetric.background_channel else labels + 1
+        return (1, channels, *entry.volumetric.roi_size)
     if entry.output == "segmentation":
         return (1, 1 if labels == 1 else labels + 1, height, width)
     if entry.output == "classification":
@@ -295,5 +296,15 @@ def spec_for(entry: ModelEntryConfig) -> ModelSpec:
 def scanstream_register_models(registry: ModelRegistry, config: EngineConfig) -> None:
     """Register every ``[[models]]`` entry after checking its file."""
     for entry in config.models:
+        entry = resolved(entry)
         check_entry_file(entry)
         registry.add(spec_for(entry))
+
+
+def resolved(entry: ModelEntryConfig) -> ModelEntryConfig:
+    """The entry as run: a MONAI Bundle's entry read into file, labels and plan; others as given."""
+    if entry.bundle is None:
+        return entry
+    from engine.model_files.bundle import bundle_entry
+
+    return bundle_entry(entry)

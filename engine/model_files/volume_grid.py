@@ -3,8 +3,9 @@
 Every step has its inverse, so labels computed on the network's grid land on
 the source voxels they came from: :func:`to_network_axes` and
 :func:`from_network_axes` are exact permutations and flips (no interpolation),
-and :func:`resample_linear` / :func:`resample_nearest` share one sampling rule
-(corners aligned), so a label resampled back lands where its image voxel came from.
+and :func:`resample_linear` / :func:`resample_nearest` share MONAI's sampling
+rule (first voxel centres aligned, the exact target spacing, border values),
+so a label resampled back lands where its image voxel came from.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.api import Volume
 
@@ -78,25 +78,42 @@ def from_network_axes(array: np.ndarray, plan: AxisPlan) -> np.ndarray:
 
 def resampled_size(shape: tuple[int, int, int], spacing: tuple[float, float, float],
                    target: tuple[float, float, float] | None) -> tuple[int, int, int]:
-    """The grid covering the same extent at ``target`` mm (rounded, >= 1); ``shape`` without a target."""
+    """The grid from the first voxel centre to the last at ``target`` mm (MONAI's Spacing rule); ``shape`` without."""
     if target is None:
         return shape
-    return tuple(max(1, int(round(n * mm / t))) for n, mm, t in zip(shape, spacing, target))  # type: ignore
+    return tuple(int(round((n - 1) * mm / t)) + 1 for n, mm, t in zip(shape, spacing, target))  # type: ignore
 
 
-def resample_linear(image: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
-    """(D, H, W) float image to ``size`` by trilinear interpolation, corners aligned."""
-    if tuple(image.shape) == tuple(size):
-        return image
-    return F.interpolate(image[None, None], size=size, mode="trilinear", align_corners=True)[0, 0]
+def _positions(n_out: int, step: float, n_in: int) -> np.ndarray:
+    """Output voxel i sits at input index i * step (first centres aligned), clamped to the input (border)."""
+    return np.clip(np.arange(n_out, dtype=np.float64) * step, 0.0, n_in - 1)
 
 
-def resample_nearest(labels: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    """(D, H, W) label map to ``size`` by the nearest voxel, corners aligned like :func:`resample_linear`."""
-    if tuple(labels.shape) == tuple(size):
+def resample_linear(image: torch.Tensor, steps: tuple[float, float, float],
+                    size: tuple[int, int, int]) -> torch.Tensor:
+    """(D, H, W) float image to ``size``, output voxel i at input index i x ``steps`` (trilinear, border values).
+
+    Trilinear is separable, so it is three 1D interpolations, one per axis."""
+    out = image
+    for axis, (step, n_out) in enumerate(zip(steps, size)):
+        n_in = out.shape[axis]
+        if n_in == n_out and step == 1.0:
+            continue
+        positions = _positions(n_out, step, n_in)
+        low = np.floor(positions).astype(np.int64)
+        high = np.minimum(low + 1, n_in - 1)
+        shape = [1, 1, 1]
+        shape[axis] = n_out
+        weight = torch.from_numpy((positions - low).astype(np.float32)).reshape(shape)
+        out = (out.index_select(axis, torch.from_numpy(low)) * (1 - weight)
+               + out.index_select(axis, torch.from_numpy(high)) * weight)
+    return out
+
+
+def resample_nearest(labels: np.ndarray, steps: tuple[float, float, float], size: tuple[int, int, int]) -> np.ndarray:
+    """(D, H, W) label map to ``size`` by the nearest voxel, on the sampling rule of :func:`resample_linear`."""
+    if tuple(labels.shape) == tuple(size) and all(step == 1.0 for step in steps):
         return labels
-    index = []
-    for n_out, n_in in zip(size, labels.shape):
-        positions = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
-        index.append(np.clip(np.rint(positions).astype(np.intp), 0, n_in - 1))
+    index = [np.rint(_positions(n_out, step, n_in)).astype(np.intp)
+             for step, n_out, n_in in zip(steps, size, labels.shape)]
     return np.ascontiguousarray(labels[np.ix_(*index)])

@@ -49,16 +49,19 @@ class VolumetricHandler:
         self.config = entry.volumetric
         self.weights = blend_weights(self.config.roi_size, self.config.blend, self.config.sigma_scale)
 
-    def _geometry(self, volume: Volume) -> tuple[AxisPlan, tuple[int, int, int], WindowGrid]:
+    def _geometry(self, volume: Volume) -> tuple[AxisPlan, tuple[float, float, float], WindowGrid]:
+        """The axis plan, the resampling steps (source voxels per network voxel) and the window grid."""
         plan = axis_plan(volume, self.config.orientation)
-        size = resampled_size(plan.shape(volume.shape), plan.spacing(volume.spacing), self.config.spacing)
-        return plan, size, WindowGrid(size, self.config.roi_size, self.config.overlap)
+        spacing = plan.spacing(volume.spacing)
+        size = resampled_size(plan.shape(volume.shape), spacing, self.config.spacing)
+        steps = tuple(t / mm for t, mm in zip(self.config.spacing or spacing, spacing))
+        return plan, steps, WindowGrid(size, self.config.roi_size, self.config.overlap)  # type: ignore[return-value]
 
     def network_image(self, volume: Volume) -> torch.Tensor:
         """The normalised (D, H, W) image on the network's axes and spacing, before windowing."""
-        plan, size, _ = self._geometry(volume)
+        plan, steps, grid = self._geometry(volume)
         image = to_network_axes(torch.from_numpy(np.ascontiguousarray(volume.voxels, dtype=np.float32)), plan)
-        image = resample_linear(image.contiguous(), size)
+        image = resample_linear(image.contiguous(), steps, grid.shape)
         pre = self.entry.preprocessing
         low, high = pre.window
         image = image.clamp(low, high)
@@ -75,7 +78,8 @@ class VolumetricHandler:
         """Blend the windows, then labels back on the series' grid (segmentation) or probabilities."""
         tensor = torch.as_tensor(output[0] if isinstance(output, (tuple, list)) else output)
         tensor = tensor.detach().to("cpu", torch.float32)
-        plan, _, grid = self._geometry(volume)
+        plan, steps, grid = self._geometry(volume)
+        back = tuple(1.0 / step for step in steps)
         if self.entry.output == "classification":
             study = torch.sigmoid(tensor.reshape(tensor.shape[0], -1)).max(dim=0).values
             probabilities = {label: round(float(p), 4) for label, p in zip(self.entry.labels, study)}
@@ -86,13 +90,19 @@ class VolumetricHandler:
                 class_probabilities=probabilities)
         logits = grid.blend(tensor, self.weights)
         source_shape = plan.shape(volume.shape)
-        if self.config.invert == "logits":
-            logits = torch.stack([resample_linear(channel, source_shape) for channel in logits])
-        if logits.shape[0] == 1:
-            labels = (torch.sigmoid(logits[0]) > self.entry.threshold).to(torch.uint8).numpy()
+        single = logits.shape[0] == 1
+        scores = logits
+        if self.config.invert == "probabilities":  # MONAI's Activations, then Invert
+            scores = torch.sigmoid(logits) if single else torch.softmax(logits, dim=0)
+        if self.config.invert != "labels":
+            scores = torch.stack([resample_linear(channel, back, source_shape) for channel in scores])
+            back = (1.0, 1.0, 1.0)  # already on the source grid
+        if single:
+            probability = scores[0] if self.config.invert == "probabilities" else torch.sigmoid(scores[0])
+            labels = (probability > self.entry.threshold).to(torch.uint8).numpy()
         else:
-            labels = logits.argmax(dim=0).to(torch.uint8).numpy()
-        label_map = from_network_axes(resample_nearest(labels, source_shape), plan)
+            labels = scores.argmax(dim=0).to(torch.uint8).numpy()
+        label_map = from_network_axes(resample_nearest(labels, back, source_shape), plan)
         findings = segment_findings(label_map, list(self.entry.labels), volume)
         volumes = ", ".join(f"{f.label} {f.volume_ml:.2f} ml" for f in findings) or "nothing segmented"
         return ModelResult(summary=f"{self.entry.name}: {volumes}", findings=findings, label_map=label_map,

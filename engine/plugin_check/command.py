@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.api import OutputRegistry, PluginError
 from engine.config import EngineConfig
 from engine.logs import get_logger
-from engine.model_files.plugin import check_entry_file, spec_for
+from engine.model_files.plugin import check_entry_file, resolved, spec_for
 from engine.plugin_check.loading import RecordingModels, call_impls, hook_problems, load_all
 from engine.plugin_check.model_checks import ModelChecker
 from engine.plugin_check.phantoms import PhantomCache
@@ -39,8 +39,9 @@ def check_plugin(name: str, config: EngineConfig, *, export: bool = False,
         plugin, only_model = MODEL_FILES_PLUGIN, name
         recorders[plugin] = RecordingModels()
         try:
-            check_entry_file(entries[name])
-            recorders[plugin].add(spec_for(entries[name]))
+            entry = resolved(entries[name])
+            check_entry_file(entry)
+            recorders[plugin].add(spec_for(entry))
             model_errors.pop(plugin, None)
         except PluginError as error:
             model_errors[plugin] = f"scanstream_register_models: {error}"
