@@ -1,7 +1,8 @@
-"""A 3D TorchScript network registered by a ``[[models]]`` table alone segments a CT sent by DCMTK.
+"""A 3D TorchScript network registered by a ``[[models]]`` table alone (a file, or a MONAI Bundle) segments a
+CT sent by DCMTK.
 
 The network (made here) gives the logit 40 x (x - 0.5) per voxel of its
-windowed input; with the window [-500, 500] HU its mask is "HU above 0", so the
+windowed input; with a window symmetric about 0 HU its mask is "HU above 0", so the
 truth comes from the phantom's own voxels. The series is reoriented to RAS,
 resampled to 2 mm, cut into overlapping windows blended with a Gaussian and
 mapped back: the SEG's frames must land on the source slices they belong to.
@@ -16,10 +17,12 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
+import pytest
 import torch
 
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
+from tests.unit.test_bundle_models import make_bundle
 
 DCMTK_STORESCU = "/usr/bin/storescu"
 
@@ -38,16 +41,28 @@ class Threshold3D(torch.nn.Module):
         return 40.0 * (self.conv(x) - 0.5)
 
 
-def test_volumetric_entry_segments_the_series(tmp_path: Path) -> None:
-    network = tmp_path / "body3d.ts"
+def _file_entry(folder: Path) -> dict:
+    network = folder / "body3d.ts"
     torch.jit.script(Threshold3D().eval()).save(str(network))
+    return {"name": "body-3d", "version": "1.0.0", "file": str(network), "output": "segmentation",
+            "labels": ["body"], "selector": {"modality": ["CT"]}, "max_batch": 4,
+            "preprocessing": {"window": [-500, 500]},
+            "volumetric": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "roi_size": [32, 32, 16],
+                           "overlap": 0.25, "blend": "gaussian"}}
+
+
+def _bundle_entry(folder: Path) -> dict:
+    """A MONAI Bundle (made by tests.unit.test_bundle_models: window [-200, 200], 1.5 mm, 16^3 windows)."""
+    bundle = make_bundle(folder / "bundle")
+    return {"name": "body-3d", "version": "1.0.0", "bundle": str(bundle), "labels": ["spleen"],
+            "selector": {"modality": ["CT"]}}
+
+
+@pytest.mark.parametrize("make_entry", [_file_entry, _bundle_entry], ids=["file", "bundle"])
+def test_volumetric_entry_segments_the_series(tmp_path: Path, make_entry) -> None:
+    entry = make_entry(tmp_path)
     phantom = generate_ct_phantom(2024, slices=24, size=128, noise_hu=5.0)
     files = write_ct_series(phantom, tmp_path / "ct")
-    entry = {"name": "body-3d", "version": "1.0.0", "file": str(network), "output": "segmentation",
-             "labels": ["body"], "selector": {"modality": ["CT"]}, "max_batch": 4,
-             "preprocessing": {"window": [-500, 500]},
-             "volumetric": {"orientation": "RAS", "spacing": [2.0, 2.0, 2.0], "roi_size": [32, 32, 16],
-                            "overlap": 0.25, "blend": "gaussian"}}
     with EngineProcess(tmp_path / "data", extra={"models": [entry], "routing": {"models": ["body-3d"]}}) as engine:
         sent = storescu(files, engine.port, executable=DCMTK_STORESCU)
         assert sent.returncode == 0, sent.stderr
@@ -72,4 +87,4 @@ def test_volumetric_entry_segments_the_series(tmp_path: Path) -> None:
     dice = 2.0 * float((mask & truth).sum()) / float(mask.sum() + truth.sum())
     assert dice >= 0.95, dice
     result = json.loads((Path(job.result_dir) / "result.json").read_text())
-    assert [finding["label"] for finding in result["findings"]] == ["body"]
+    assert [finding["label"] for finding in result["findings"]] == entry["labels"]
