@@ -138,3 +138,25 @@ def test_bad_volumetric_entries_are_refused(tmp_path: Path, bad: dict, message: 
     data.update(bad)
     with pytest.raises(ValueError, match=message):
         ModelEntryConfig.model_validate(data)
+
+
+def test_onnx_volumetric_entry_runs_on_onnxruntime(tmp_path: Path) -> None:
+    from engine.runtime.artifacts import ModelArtifacts
+    from engine.runtime.base import InferenceRequest
+    from engine.runtime.onnx_backend import OnnxRuntimeBackend
+
+    onnx_file = tmp_path / "seg3d.onnx"
+    torch.onnx.export(Threshold3D().eval(), (torch.zeros(2, 1, 16, 16, 16),), str(onnx_file),
+                      input_names=["volume"], output_names=["logits"],
+                      dynamic_shapes={"x": {0: torch.export.Dim("n", min=1, max=64)}}, dynamo=True)
+    entry = _entry(onnx_file)
+    check_entry_file(entry)
+    spec = spec_for(entry)
+    assert spec.onnx_file and spec.load_network is None and spec.input_shape == (1, 16, 16, 16)
+    backend = OnnxRuntimeBackend("cpu", threads=1)
+    backend.initialize(ModelArtifacts(spec, tmp_path / "cache"))
+    volume, truth = _sphere_volume((1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    (response,) = backend.execute([InferenceRequest("job", spec.handler.preprocess(volume))])
+    assert response.ok, response.error
+    result = spec.handler.postprocess(response.outputs, volume)
+    assert _dice(result.label_map == 1, truth) >= 0.93
