@@ -1,4 +1,5 @@
-"""``scanstream status``: studies, queue depth, in-flight and failed jobs, failed deliveries, latency."""
+"""``scanstream status``: studies, queue depth, in-flight and failed jobs, failed deliveries and notifications,
+latency."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = ledger.status_counts()
         failed = [job for job in ledger.list_jobs() if job.state in ("failed", "dead")]
         undelivered = [row for row in ledger.deliveries() if row.state == "failed"]
+        unnotified = [row for row in ledger.notifications() if row.state == "failed"]
         latency = percentiles(ledger.timelines())
     finally:
         ledger.close()
@@ -36,6 +38,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed],
             "failed_deliveries": [{"job": d.job_id, "destination": d.destination, "attempts": d.attempts,
                                    "reason": d.reason} for d in undelivered],
+            "failed_notifications": [{"target": n.notifier, "trigger": n.trigger, "job": n.job_id,
+                                      "attempts": n.attempts, "reason": n.reason} for n in unnotified],
             "latency_s": latency}, indent=2))
         return 0
     for key, value in counts.items():
@@ -44,6 +48,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {job.state}: job {job.job_id} model {job.model}: {job.reason}")
     for row in undelivered:
         print(f"  delivery failed: job {row.job_id} to {row.destination} after {row.attempts} attempt(s): {row.reason}")
+    for note in unnotified:
+        what = f"job {note.job_id}" if note.job_id else f"study {note.event_id.split(':')[1]}"
+        print(f"  notification failed: {note.trigger} of {what} to {note.notifier} after {note.attempts} attempt(s):"
+              f" {note.reason}")
     if latency:
         print("latency of done jobs (seconds):")
         print(f"{'stage':>14} {'count':>6} {'p50':>9} {'p95':>9} {'p99':>9} {'max':>9}")

@@ -1,4 +1,5 @@
-"""Configuration entries that come as lists or routing rules: ``[[destinations]]``, ``[[models]]``, ``[routing]``.
+"""Configuration entries that come as lists or routing rules: ``[[destinations]]``, ``[[notifications]]``,
+``[[models]]``, ``[routing]``.
 
 Kept apart from :mod:`engine.config` (the component sections) because each entry
 is a small document of its own; errors name the entry by index and name
@@ -68,6 +69,57 @@ class DestinationConfig(_Entry):
     def takes(self, model: str) -> bool:
         """True when results of ``model`` go to this destination."""
         return not self.models or model in self.models
+
+    def backoff_s(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt."""
+        return min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, attempts - 1))
+
+
+NOTIFICATION_TRIGGERS = ("findings", "no_findings", "failed", "study_final")
+
+
+class NotificationConfig(_Entry):
+    """Someone told when a result is ready: a webhook (``kind = "webhook"``) or HL7 ORU^R01 over MLLP (``"hl7"``).
+
+    ``triggers`` picks the events: a job done with findings (``findings``), done
+    without (``no_findings``), failed or dead-lettered (``failed``), and a study
+    final (``study_final``: every job and delivery finished). Sending retries with
+    the same backoff as destinations on connection errors, HTTP 5xx/408/429 and HL7
+    AE/CE acknowledgements, up to ``max_attempts``; HTTP 4xx and HL7 AR/CR fail at once.
+    """
+
+    name: str = Field(pattern=ENTRY_NAME)
+    kind: str = Field(min_length=1, description="a registered notification kind: webhook, hl7, or a plugin's")
+    triggers: list[Literal["findings", "no_findings", "failed", "study_final"]] = Field(
+        default_factory=lambda: list(NOTIFICATION_TRIGGERS))
+    models: list[str] = Field(default_factory=list, description="models whose jobs notify; empty = all")
+    max_attempts: int = Field(8, ge=1)
+    backoff_initial_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="connect and answer timeout of one attempt")
+    url: str = Field("", description="webhook: the http(s) URL the JSON body is POSTed to")
+    secret: str = Field("", description="webhook: HMAC-SHA256 key; the X-ScanStream-Signature header is "
+                                        "sha256=<hex of HMAC(secret, body)>")
+    host: str = Field("", description="hl7: the MLLP listener's host")
+    port: int = Field(0, ge=0, le=65535, description="hl7: the MLLP listener's port")
+    sending_application: str = "SCANSTREAM"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "NotificationConfig":
+        if self.kind == "webhook" and not re.match(r"^https?://[^/\s]+", self.url):
+            raise ValueError('kind "webhook" needs url, an http:// or https:// URL')
+        if self.kind == "webhook" and not self.secret:
+            raise ValueError('kind "webhook" needs secret (the HMAC-SHA256 key receivers check the body with)')
+        if self.kind == "hl7" and (not self.host or not self.port):
+            raise ValueError('kind "hl7" needs host and port (the MLLP listener)')
+        return self
+
+    def takes(self, trigger: str, model: str | None) -> bool:
+        """True when this notification fires on ``trigger`` for a job of ``model`` (None: a study event)."""
+        return trigger in self.triggers and (model is None or not self.models or model in self.models)
 
     def backoff_s(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
