@@ -9,7 +9,11 @@ it gets. The service's clock is the test's, so backoff costs no waiting.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,6 +30,8 @@ from engine.notify.service import NotificationService
 from engine.notify.webhook import SIGNATURE_HEADER, verify_signature
 from engine.receiver.spool import SpoolEntry
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
+from engine.testing import EngineProcess
+from engine.testing.harness import make_phantom_study, send_and_wait
 from engine.testing.ports import free_port
 
 SECRET = "s3cret-key"
@@ -266,3 +272,52 @@ def test_triggers_pick_the_events_and_a_final_study_is_told_once(done_job) -> No
     (body, valid, _), = hook.received
     assert valid and body["trigger"] == "study_final" and body["study_instance_uid"] == "1.2.3"
     assert body["jobs"] == [{"id": job_id, "model": "model-a", "state": "done", "series_instance_uid": "1.2.3.4"}]
+
+
+def _wait_notifications(engine, count: int, timeout: float = 180.0) -> list:
+    deadline = time.monotonic() + timeout
+    ledger = engine.ledger()
+    try:
+        while time.monotonic() < deadline:
+            rows = ledger.notifications()
+            if len(rows) >= count and all(row.state != "pending" for row in rows):
+                return rows
+            time.sleep(0.2)
+    finally:
+        ledger.close()
+    raise AssertionError(f"notifications not all sent after {timeout} s: {rows}\n{engine.log_tail()}")
+
+
+def test_the_engine_tells_a_webhook_and_a_ris_when_a_study_is_done(tmp_path: Path) -> None:
+    """``scanstream serve`` with both kinds: a phantom sent by DCMTK storescu, the events reach both peers."""
+    study = make_phantom_study(tmp_path / "study", slices=24)
+    with WebhookReceiver([]) as hook, ScriptedMllp(["drop"]) as listener:
+        notifications = [
+            {"name": "hook", "kind": "webhook", "url": hook.url, "secret": SECRET},
+            {"name": "ris", "kind": "hl7", "host": "127.0.0.1", "port": listener.port,
+             "triggers": ["findings", "no_findings"], "backoff_initial_s": 0.2},
+        ]
+        engine = EngineProcess(tmp_path / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]}},
+                               env={"SCANSTREAM_NOTIFICATIONS": json.dumps(notifications)})
+        with engine:
+            results = send_and_wait(study, engine)
+            assert results.sender == "storescu"
+            rows = _wait_notifications(engine, 3)
+            status = subprocess.run([sys.executable, "-m", "engine.cli", "status", "--data-dir",
+                                     str(engine.data_dir)], capture_output=True, text=True, timeout=60)
+            metrics = urllib.request.urlopen(f"{engine.http_url}/metrics", timeout=10).read().decode()
+    (job,) = results.jobs
+    assert sorted((r.notifier, r.trigger, r.state) for r in rows) == [
+        ("hook", "findings", "sent"), ("hook", "study_final", "sent"), ("ris", "findings", "sent")]
+    ris_row = next(r for r in rows if r.notifier == "ris")
+    assert ris_row.attempts == 2, "the dropped connection was retried"
+    assert [valid for _, valid, _ in hook.received] == [True, True]
+    by_trigger = {body["trigger"]: body for body, _, _ in hook.received}
+    assert by_trigger["findings"]["study_instance_uid"] == study.study_uid
+    assert by_trigger["findings"]["findings_count"] == len(job.document["findings"]) > 0
+    assert by_trigger["study_final"]["jobs"][0]["state"] == "done"
+    oru = listener.received[-1].split("\r")
+    assert next(s for s in oru if s.startswith("PID|")).split("|")[3] == "PHANTOM"
+    assert next(s for s in oru if s.startswith("OBR|")).split("|")[3] == "PHANTOM1"
+    assert "notifications sent: 3" in status.stdout, status.stdout
+    assert 'scanstream_notifications{state="sent"} 3.0' in metrics
