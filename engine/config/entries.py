@@ -30,41 +30,65 @@ def _ae_title(value: str) -> str:
 
 
 class DestinationConfig(_Entry):
-    """A DICOM peer (a PACS) that receives every DICOM result of the models it lists, by C-STORE.
+    """A peer that receives every DICOM result of the models it lists: a PACS by C-STORE
+    (``kind = "dimse"``, the default) or a DICOMweb archive by STOW-RS (``kind = "dicomweb"``).
 
     Sending retries with exponential backoff (``backoff_initial_s`` doubling up to
     ``backoff_max_s``) on connection failures and 0xA7xx statuses, up to
     ``max_attempts``; 0xA9xx, 0xCxxx, 0x0122 and other failures end the delivery as
     failed with the reason; 0xB000/0xB006/0xB007 count as sent, with a warning.
+    STOW-RS: 5xx, 408, 429 and connection errors retry, other 4xx fail at once, and
+    the per-instance failures of the STOW response are judged like C-STORE statuses.
     """
 
     name: str = Field(pattern=ENTRY_NAME)
-    ae_title: str = Field(min_length=1, max_length=16)
-    host: str = Field(min_length=1)
-    port: int = Field(ge=1, le=65535)
+    kind: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str = Field("", max_length=16, description="dimse: the PACS's AE title")
+    host: str = Field("", description="dimse: the PACS's host")
+    port: int | None = Field(None, ge=1, le=65535, description="dimse: the PACS's port")
+    url: str = Field("", description="dicomweb: the DICOMweb base URL (STOW-RS goes to <url>/studies)")
+    username: str = Field("", description="dicomweb: HTTP basic auth user (with password)")
+    password: str = ""
+    bearer_token: str = Field("", description="dicomweb: sent as Authorization: Bearer <token>")
     calling_ae_title: str = Field("SCANSTREAM", min_length=1, max_length=16)
     models: list[str] = Field(default_factory=list, description="model names whose results go here; empty = all")
     max_attempts: int = Field(8, ge=1)
     backoff_initial_s: float = Field(2.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
-    timeout_s: float = Field(30.0, gt=0, description="ACSE, DIMSE and network timeout of one attempt")
-    tls: bool = Field(False, description="DICOM TLS to this destination")
-    tls_ca_certificates: str = Field("", description="PEM CA bundle the PACS certificate must chain to; "
+    timeout_s: float = Field(30.0, gt=0, description="ACSE, DIMSE and network timeout of one attempt "
+                                                     "(dicomweb: connect and read timeout)")
+    tls: bool = Field(False, description="DICOM TLS to this destination (dicomweb: https URLs always use TLS)")
+    tls_ca_certificates: str = Field("", description="PEM CA bundle the peer's certificate must chain to; "
                                                      "empty = the system CAs")
-    tls_certificate: str = Field("", description="PEM client certificate, when the PACS requires one")
+    tls_certificate: str = Field("", description="PEM client certificate, when the peer requires one "
+                                                 "(mutual TLS)")
     tls_private_key: str = ""
     tls_check_hostname: bool = True
 
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "DestinationConfig":
+        if self.kind == "dimse" and (not self.ae_title or not self.host or self.port is None):
+            raise ValueError('kind "dimse" needs ae_title, host and port')
+        if self.kind == "dicomweb":
+            if not re.match(r"^https?://[^/\s]+", self.url):
+                raise ValueError('kind "dicomweb" needs url, the http:// or https:// DICOMweb base URL')
+            if self.username and self.bearer_token:
+                raise ValueError("username/password (basic) and bearer_token exclude each other")
+            if bool(self.username) != bool(self.password):
+                raise ValueError("basic auth needs both username and password")
+        return self
+
     def tls_context(self) -> "ssl.SSLContext | None":
-        """The client TLS context for this destination, or None without TLS."""
-        if not self.tls:
+        """The client TLS context for this destination, or None without TLS (dicomweb: for https URLs)."""
+        if not (self.tls or self.url.startswith("https://")):
             return None
         from engine.dicom.tls import client_context
 
         return client_context(self.tls_ca_certificates, self.tls_certificate, self.tls_private_key,
                               self.tls_check_hostname, prefix=f"destinations.{self.name}.")
 
-    _check_ae = field_validator("ae_title", "calling_ae_title")(classmethod(lambda cls, v: _ae_title(v)))
+    _check_ae = field_validator("ae_title", "calling_ae_title")(
+        classmethod(lambda cls, v: _ae_title(v) if v else v))
 
     def takes(self, model: str) -> bool:
         """True when results of ``model`` go to this destination."""
