@@ -63,8 +63,9 @@ def _first(item: dict[str, Any], tag: str) -> Any:
 def instance_statuses(answer: dict[str, Any], uids: Sequence[str], http_status: int) -> list[int | None]:
     """One status per UID from a STOW response (DICOM JSON): its Failure or Warning Reason, else 0x0000.
 
-    A UID the response does not mention is taken as stored after a 200 and as
-    failed (0x0110, processing failure) after a 202 or 409.
+    A UID the response does not mention is taken as stored after a 200 or 202
+    (which names its failures) and as failed (0x0110, processing failure) after
+    a 409 (every instance failed).
     """
     failed = {str(_first(item, REFERENCED_SOP_INSTANCE_UID)): _first(item, FAILURE_REASON)
               for item in _items(answer, FAILED_SOP_SEQUENCE)}
@@ -77,7 +78,7 @@ def instance_statuses(answer: dict[str, Any], uids: Sequence[str], http_status: 
         elif uid in stored:
             statuses.append(int(stored[uid]) if stored[uid] is not None else 0x0000)
         else:
-            statuses.append(0x0000 if http_status == 200 else PROCESSING_FAILURE)
+            statuses.append(PROCESSING_FAILURE if http_status == 409 else 0x0000)
     return statuses
 
 
