@@ -217,6 +217,8 @@ class HttpConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    stow_max_body_bytes: int = Field(2**30, ge=1024, description="largest STOW-RS request body "
+                                                                 "(POST /dicomweb/studies); larger gets 413")
     tls_enabled: bool = Field(False, description="serve HTTPS (TLS 1.2+) with tls_certificate / tls_private_key")
     tls_certificate: str = Field("", description="PEM certificate (chain) of the console; empty = "
                                                  "receiver.tls_certificate")

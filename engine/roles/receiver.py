@@ -28,10 +28,12 @@ from engine.receiver.dispatch import LedgerJobSource
 from engine.receiver.router import Router
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
+from engine.receiver.stow import StowStore
 from engine.roles.memory import freeze_startup_objects
 from engine.web.app import create_app
 from engine.web.auth.store import AccessStore
 from engine.web.console import Console
+from engine.web.dicomweb import stow_router
 from engine.web.metrics import StatusCollector
 from engine.web.models_view import ModelCatalogue
 from engine.web.server import WebServer, tls_context
@@ -100,7 +102,8 @@ class ReceiverRole:
                                               self.ledger.received_totals, self.ledger.delivery_counts,
                                               self.ledger.notification_counts))
         self.access = AccessStore(storage.users_path)
-        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins)), config.http.host,
+        stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes)
+        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins), [stow]), config.http.host,
                               config.http.port, tls=tls_context(config),
                               forwarded_allow_ips=config.http.forwarded_allow_ips)
         self._started = False
