@@ -70,6 +70,7 @@ class OrthancPeer:
     dicom_port: int = 0  # 0: a free port
     dicomweb: bool = False  # load the DICOMweb plugin: STOW-RS, QIDO-RS, WADO-RS under /dicom-web/
     users: dict[str, str] = field(default_factory=dict)  # HTTP basic auth users; empty: no authentication
+    dicomweb_servers: dict[str, dict[str, Any]] = field(default_factory=dict)  # DicomWeb.Servers (STOW targets)
 
     def __post_init__(self) -> None:
         self.dicom_port = self.dicom_port or free_port()
@@ -87,7 +88,7 @@ class OrthancPeer:
             "RegisteredUsers": dict(self.users), "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "StableAge": 3600,
             "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
-            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/", "Servers": dict(self.dicomweb_servers)},
             "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
             "DicomScuTimeout": 30,
         }
@@ -158,6 +159,11 @@ class OrthancPeer:
     def push_study(self, modality: str, study_uid: str) -> None:
         """C-STORE one study to a configured modality (Orthanc as the modality sending)."""
         self.post(f"/modalities/{modality}/store", {"Resources": [self.study_id(study_uid)], "Synchronous": True})
+
+    def stow_study(self, server: str, study_uid: str) -> Any:
+        """Send one study by STOW-RS to a configured DICOMweb server (Orthanc as the STOW client)."""
+        return self.post(f"/dicom-web/servers/{server}/stow", {"Resources": [self.study_id(study_uid)],
+                                                               "Synchronous": True})
 
     def study_id(self, study_uid: str) -> str:
         """Orthanc's id of the study with this Study Instance UID (PeerError when absent)."""

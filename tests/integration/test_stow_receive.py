@@ -11,6 +11,7 @@ import pytest
 
 from engine.testing import EngineProcess
 from engine.testing.harness import make_phantom_study
+from engine.testing.peers import DICOMWEB_PLUGIN, OrthancPeer, orthanc_available
 
 MAX_INSTANCE = 400_000
 
@@ -90,3 +91,22 @@ def test_bad_bodies_get_a_clear_4xx_and_store_nothing(engine: EngineProcess, tmp
 
     assert _count(engine) == before, "nothing was stored"
     assert engine.http_status("/readyz") == 200
+
+
+@pytest.mark.skipif(not orthanc_available() or not DICOMWEB_PLUGIN.exists(),
+                    reason="Orthanc with its DICOMweb plugin is not installed; `make test` installs them")
+def test_orthanc_pushes_a_study_by_stow_and_the_results_come_out(engine: EngineProcess, tmp_path: Path) -> None:
+    study = make_phantom_study(tmp_path / "orthanc-study", slices=24)
+    servers = {"scanstream": {"Url": f"{engine.http_url}/dicomweb/",
+                              "HttpHeaders": {"Authorization": f"Bearer {engine.api_token}"}}}
+    with OrthancPeer(tmp_path / "orthanc", dicomweb=True, dicomweb_servers=servers) as orthanc:
+        orthanc.upload(study.files)
+        orthanc.stow_study("scanstream", study.study_uid)
+        (job,) = engine.wait_for_jobs(study.study_uid, 1)
+    assert job.state == "done", job.reason
+    assert any(Path(job.result_dir).glob("*.dcm"))
+    ledger = engine.ledger()
+    try:
+        assert len(ledger.series_instances(study.series_uid)) == len(study.files)
+    finally:
+        ledger.close()
