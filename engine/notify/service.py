@@ -1,6 +1,7 @@
 """Events into the ledger, then out to each ``[[notifications]]`` target with retry and backoff.
 
-A finished job (done or failed) becomes one event, queued in the ledger for
+A finished job (done or failed) becomes one event (built on the sender thread, not
+the broker's: it reads the job's result files), queued in the ledger for
 every target whose triggers and models take it; its study is then watched and,
 once final (every series complete, every job and delivery finished), a
 ``study_final`` event is queued the same way. One sender thread in the receiver
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from typing import Callable, Sequence
 
 from engine.config.entries import NotificationConfig
@@ -39,8 +41,8 @@ class NotificationService:
                                                 for index, config in enumerate(configs)}
         self._facts = facts or (lambda _study_uid: StudyFacts())
         self._clock = clock
-        self._watched: set[str] = set()
-        self._watch_lock = threading.Lock()
+        self._finished: deque[str] = deque()  # appended on the broker thread, drained on the sender thread
+        self._watched: set[str] = set()  # sender thread only
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -51,29 +53,34 @@ class NotificationService:
         return bool(self._configs)
 
     def job_finished(self, job_id: str) -> None:
-        """A job is done or failed: queue its event and watch its study (safe from any thread)."""
+        """A job is done or failed: noted here, its event built and queued on the sender thread (the caller is
+        the broker's thread, which must not read result files)."""
         if not self._configs:
             return
-        job = self._ledger.job(job_id)
-        event = job_event(self._ledger, job, self._clock()) if job is not None else None
-        if event is None:
-            return
-        self._queue(event)
-        with self._watch_lock:
-            self._watched.add(event.study_uid)
+        self._finished.append(job_id)
         self._wake.set()
+
+    def queue_finished(self) -> int:
+        """Build and queue the events of the jobs noted by :meth:`job_finished`, watching their studies."""
+        queued = 0
+        while self._finished:
+            job = self._ledger.job(self._finished.popleft())
+            event = job_event(self._ledger, job, self._clock()) if job is not None else None
+            if event is None:
+                continue
+            queued += self._queue(event)
+            self._watched.add(event.study_uid)
+        return queued
 
     def check_studies(self) -> int:
         """Queue ``study_final`` for each watched study now final; returns how many were queued."""
-        with self._watch_lock:
-            watched = list(self._watched)
+        self.queue_finished()
         queued = 0
-        for study_uid in watched:
+        for study_uid in list(self._watched):
             report = study_report(self._ledger, study_uid)
             event = study_event(report, self._clock()) if report is not None else None
             if report is None or event is not None:
-                with self._watch_lock:
-                    self._watched.discard(study_uid)
+                self._watched.discard(study_uid)
             if event is not None:
                 queued += self._queue(event)
         return queued
@@ -90,7 +97,9 @@ class NotificationService:
         return added
 
     def send_due(self) -> int:
-        """Attempt every due notification once; returns how many were attempted."""
+        """Queue the events of finished jobs, then attempt every due notification once; returns how many were
+        attempted."""
+        self.queue_finished()
         due = self._ledger.due_notifications(self._clock())
         for row in due:
             if self._stop.is_set():
