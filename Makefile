@@ -35,6 +35,9 @@ system-deps:
 	@command -v Orthanc >/dev/null 2>&1 || { \
 	  echo "installing Orthanc (the PACS and modality of the integration tests) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc; }
+	@[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	  echo "installing orthanc-dicomweb (the STOW-RS destination of the integration tests) from the system packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc-dicomweb; }
 	@command -v npm >/dev/null 2>&1 || { \
 	  echo "installing npm (for the Compose schema and axe-core) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
