@@ -8,6 +8,7 @@ is a small document of its own; errors name the entry by index and name
 from __future__ import annotations
 
 import re
+from datetime import date
 import ssl
 from pathlib import Path
 from typing import Literal
@@ -86,6 +87,10 @@ class RoutingConfig(_Entry):
     models: list[str] = Field(default_factory=list, description="models the router may use; empty = every "
                                                                 "registered model")
     priority_tag: str = ""
+    backfill_since: date | None = Field(None, description="at start, every model also runs on the complete series "
+                                                          "completed on or after this date (YYYY-MM-DD) it has not "
+                                                          "run on; unset = new series only")
+    backfill_deliver: bool = Field(False, description="whether backfilled results go to the destinations")
     priority_values: dict[str, int] = Field(default_factory=lambda: {"STAT": 100, "HIGH": 50, "MEDIUM": 10,
                                                                      "ROUTINE": 0, "LOW": -10})
 
