@@ -62,7 +62,8 @@ def test_bad_bodies_get_a_clear_4xx_and_store_nothing(engine: EngineProcess, tmp
     study = make_phantom_study(tmp_path / "bad", slices=4, nodules=0)
     good = study.files[0].read_bytes()
     before = _count(engine)
-    assert _post(engine, b"{}", "application/json").status_code == 415
+    refused = _post(engine, b"{}", "application/json")
+    assert refused.status_code == 415 and "multipart/related" in refused.json()["error"]
     assert _post(engine, b"no parts here", "multipart/related; type=\"application/dicom\"").status_code == 400
     body, content_type = _multipart([("application/dicom", good)])
     assert _post(engine, body, content_type, token="not-a-token").status_code == 401
@@ -110,3 +111,15 @@ def test_orthanc_pushes_a_study_by_stow_and_the_results_come_out(engine: EngineP
         assert len(ledger.series_instances(study.series_uid)) == len(study.files)
     finally:
         ledger.close()
+
+
+def test_a_spool_below_its_free_space_mark_answers_503(tmp_path: Path) -> None:
+    """As C-STORE associations are refused then, STOW requests get 503 and Retry-After, nothing stored."""
+    study = make_phantom_study(tmp_path / "study", slices=2, nodules=0)
+    process = EngineProcess(tmp_path / "data", workers=0, extra={"storage": {"min_free_bytes": 2**62}})
+    with process:
+        body, content_type = _multipart([("application/dicom", study.files[0].read_bytes())])
+        answer = _post(process, body, content_type)
+        assert answer.status_code == 503, (answer.status_code, answer.text)
+        assert answer.headers["Retry-After"] == "60"
+        assert _count(process) == 0 and process.http_status("/readyz") == 200
