@@ -14,6 +14,7 @@ from engine.testing.harness import make_phantom_study
 from engine.testing.peers import DICOMWEB_PLUGIN, OrthancPeer, orthanc_available
 
 MAX_INSTANCE = 400_000
+MAX_BODY = 8_000_000
 
 
 def _multipart(parts: list[tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -34,7 +35,8 @@ def _count(engine: EngineProcess) -> int:
 def engine(tmp_path_factory):
     data = tmp_path_factory.mktemp("stow")
     process = EngineProcess(data / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]},
-                                                            "receiver": {"max_instance_bytes": MAX_INSTANCE}})
+                                                            "receiver": {"max_instance_bytes": MAX_INSTANCE},
+                                                            "http": {"stow_max_body_bytes": MAX_BODY}})
     with process:
         yield process
 
@@ -89,6 +91,9 @@ def test_bad_bodies_get_a_clear_4xx_and_store_nothing(engine: EngineProcess, tmp
     body, content_type = _multipart([("application/dicom", other)])
     answer = _post(engine, body, content_type, f"/dicomweb/studies/{study.study_uid}")
     assert answer.status_code == 409 and answer.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+    body, content_type = _multipart([("application/dicom", good)] * (MAX_BODY // len(good) + 1))
+    assert _post(engine, body, content_type).status_code == 413
 
     assert _count(engine) == before, "nothing was stored"
     assert engine.http_status("/readyz") == 200
