@@ -24,6 +24,7 @@ def test_plugins_lists_models_and_outputs(tmp_path: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "nodule-seg 1.0.0" in out and "seg" in out and "result_json" in out
     assert "backend: torch or onnxruntime: not timed on this host yet" in out
+    assert "notification kinds:\n  hl7\n  webhook" in out
 
 
 def test_models_build_exports_times_and_plugins_then_shows_the_choice(
