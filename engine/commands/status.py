@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.commands.common import add_command, config_from_args, open_ledger
+from engine.ledger.store import DeliveryRow, JobRow, Ledger, NotificationRow
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -18,21 +20,38 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     status.add_argument("--json", action="store_true")
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
+@dataclass(frozen=True)
+class StatusReport:
+    """What ``scanstream status`` shows, read from the ledger."""
+
+    counts: dict[str, int]
+    failed: list[JobRow]
+    undelivered: list[DeliveryRow]
+    unnotified: list[NotificationRow]
+    latency: dict[str, dict[str, float]]
+
+
+def status_report(ledger: Ledger) -> StatusReport:
+    """Counts, failed and dead-lettered jobs, failed deliveries and notifications, and latency percentiles of
+    done jobs."""
     from engine.ledger.latency import percentiles
 
+    return StatusReport(ledger.status_counts(), ledger.list_jobs("failed") + ledger.list_jobs("dead"),
+                        ledger.deliveries(state="failed"), ledger.notifications(state="failed"),
+                        percentiles(ledger.timelines()))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
     ledger = open_ledger(config_from_args(args))
     if ledger is None:
         return 1
     try:
-        counts = ledger.status_counts()
-        failed = [job for job in ledger.list_jobs() if job.state in ("failed", "dead")]
-        undelivered = [row for row in ledger.deliveries() if row.state == "failed"]
-        unnotified = [row for row in ledger.notifications() if row.state == "failed"]
-        latency = percentiles(ledger.timelines())
+        report = status_report(ledger)
     finally:
         ledger.close()
+    counts, failed, undelivered, latency = report.counts, report.failed, report.undelivered, report.latency
+    unnotified = report.unnotified
     if args.json:
         print(json.dumps({"counts": counts, "failed": [
             {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed],

@@ -9,6 +9,7 @@ is a small document of its own; errors name the entry by index and name
 from __future__ import annotations
 
 import re
+from datetime import date
 import ssl
 from pathlib import Path
 from typing import Literal
@@ -162,6 +163,10 @@ class RoutingConfig(_Entry):
     models: list[str] = Field(default_factory=list, description="models the router may use; empty = every "
                                                                 "registered model")
     priority_tag: str = ""
+    backfill_since: date | None = Field(None, description="at start, every model also runs on the complete series "
+                                                          "completed on or after this date (YYYY-MM-DD) it has not "
+                                                          "run on; unset = new series only")
+    backfill_deliver: bool = Field(False, description="whether backfilled results go to the destinations")
     priority_values: dict[str, int] = Field(default_factory=lambda: {"STAT": 100, "HIGH": 50, "MEDIUM": 10,
                                                                      "ROUTINE": 0, "LOW": -10})
 
@@ -225,6 +230,56 @@ class PreprocessingConfig(_Entry):
         return self
 
 
+class VolumetricConfig(_Entry):
+    """A 3D network's plan: orientation, target spacing, sliding window and blending (see docs/models.md).
+
+    Axes are the network's (D, H, W). ``orientation`` names the direction each of
+    them runs toward ("RAS": D to the patient's right, H anterior, W superior, as
+    MONAI's arrays; "LPS"); empty keeps the series' (slice, row, column) axes.
+    ``spacing`` is the voxel size in mm along (D, H, W) after reorienting, empty
+    keeps the series'; images are resampled linearly; the output goes back to the
+    source grid as logits or probabilities resampled linearly (``invert``), or as
+    labels by nearest voxel (``"labels"``).
+    """
+
+    orientation: Literal["", "RAS", "LPS"] = ""
+    spacing: tuple[float, float, float] | None = Field(None, description="mm along the network's (D, H, W)")
+    roi_size: tuple[int, int, int] = Field(description="the sliding window's (D, H, W) in voxels")
+    overlap: float = Field(0.25, ge=0.0, lt=1.0, description="fraction of the window shared with its neighbour")
+    blend: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = Field(0.125, gt=0, description="the Gaussian's sigma as a fraction of the window side")
+    pad_value: float = Field(0.0, description="padding in normalised input units, where the volume is "
+                                              "smaller than the window")
+    background_channel: bool = Field(False, description="one label as (N, 2, D, H, W) logits, channel 0 the "
+                                                        "background (MONAI's softmax layout); K > 1 always has it")
+    invert: Literal["logits", "probabilities", "labels"] = Field(
+        "logits", description="back to the source grid: logits (nnU-Net) or probabilities (softmax/sigmoid "
+                              "first, as MONAI's Activations then Invert) resampled linearly, then labels; or "
+                              "labels by nearest voxel (less memory)")
+
+    @model_validator(mode="after")
+    def _positive(self) -> "VolumetricConfig":
+        if min(self.roi_size) < 1:
+            raise ValueError("roi_size must be three positive integers [D, H, W]")
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise ValueError("spacing must be three positive millimetre values [D, H, W]")
+        return self
+
+
+class LabelCodeConfig(_Entry):
+    """A segment's coded concepts: ``category`` (CID 7150) and ``type``, each [scheme, value, meaning]."""
+
+    category: tuple[str, str, str]
+    type: tuple[str, str, str]
+
+    @field_validator("category", "type")
+    @classmethod
+    def _code(cls, value: tuple[str, str, str]) -> tuple[str, str, str]:
+        if not all(part.strip() for part in value):
+            raise ValueError('a code is [scheme, value, meaning], none empty, e.g. ["SCT", "10200004", "Liver"]')
+        return value
+
+
 class ModelEntryConfig(_Entry):
     """A model registered from configuration alone: a TorchScript (``.pt``/``.ts``) or ONNX (``.onnx``) file.
 
@@ -234,23 +289,63 @@ class ModelEntryConfig(_Entry):
     (sigmoid; the study's probability is the maximum over slices); detection ->
     (N, M, 6) rows of (x0, y0, x1, y1, score, class) in input pixels, score in [0, 1];
     reconstruction -> (N, 1, H, W) in the normalised units of the input.
-    K = len(labels).
+    K = len(labels). With ``volumetric``, N counts sliding windows, the input is
+    (N, 1, D, H, W) and outputs are (N, 1 | K + 1, D, H, W) or (N, K) (the
+    study's probability is the maximum over windows); ``preprocessing.size`` is unused.
     """
 
     name: str = Field(pattern=ENTRY_NAME)
     version: str = Field(min_length=1)
-    file: Path
-    output: Literal["classification", "detection", "segmentation", "reconstruction"]
+    file: Path | None = Field(None, description="a TorchScript or ONNX file; or give bundle")
+    bundle: Path | None = Field(None, description="a MONAI Bundle folder (configs/metadata.json, "
+                                                  "configs/inference.json, models/model.ts or model.onnx)")
+    output: Literal["classification", "detection", "segmentation", "reconstruction"] | None = None
     labels: list[str] = Field(default_factory=lambda: ["finding"], min_length=1)
     description: str = ""
     threshold: float = Field(0.5, gt=0, lt=1)
     max_batch: int = Field(16, ge=1)
     selector: SelectorConfig = Field(default_factory=SelectorConfig)
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    volumetric: VolumetricConfig | None = Field(None, description="a 3D network: input (N, 1, D, H, W) windows")
+    label_codes: dict[str, LabelCodeConfig] = Field(default_factory=dict, description="SEG segment codes by "
+                                                    "label; others get defaults (engine/outputs/segment_codes.py)")
+
+    @model_validator(mode="after")
+    def _file_or_bundle(self) -> "ModelEntryConfig":
+        if (self.file is None) == (self.bundle is None):
+            raise ValueError("give one of file (a TorchScript or ONNX file) and bundle (a MONAI Bundle folder)")
+        if self.file is not None and self.output is None:
+            raise ValueError("output is required with file: classification, detection, segmentation "
+                             "or reconstruction")
+        return self
+
+    @model_validator(mode="after")
+    def _coded_labels(self) -> "ModelEntryConfig":
+        if self.bundle is not None:
+            return self  # the labels come from the bundle; checked once it is read
+        unknown = sorted(set(self.label_codes) - set(self.labels))
+        if unknown:
+            raise ValueError(f"label_codes names {unknown}, which are not in labels {list(self.labels)}")
+        return self
+
+    def segment_codes(self) -> dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]]:
+        """``label_codes`` as :attr:`engine.api.ModelResult.segment_codes` takes them."""
+        return {label: (code.category, code.type) for label, code in self.label_codes.items()}
+
+    @model_validator(mode="after")
+    def _volumetric_family(self) -> "ModelEntryConfig":
+        if self.volumetric is not None:
+            if self.output not in ("segmentation", "classification"):
+                raise ValueError("volumetric models are segmentation or classification")
+            if self.preprocessing.context_slices:
+                raise ValueError("preprocessing.context_slices is for 2.5D networks; a volumetric model takes 0")
+        return self
 
     @field_validator("file")
     @classmethod
-    def _model_file(cls, value: Path) -> Path:
+    def _model_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
         if value.suffix.lower() not in (".onnx", ".pt", ".ts", ".pth"):
             raise ValueError("a TorchScript (.pt, .ts, .pth) or ONNX (.onnx) file")
         return value.expanduser()
@@ -258,4 +353,4 @@ class ModelEntryConfig(_Entry):
     @property
     def is_onnx(self) -> bool:
         """True for an ONNX file, False for TorchScript."""
-        return self.file.suffix.lower() == ".onnx"
+        return self.file is not None and self.file.suffix.lower() == ".onnx"

@@ -147,6 +147,8 @@ def config_as_env(config: EngineConfig) -> dict[str, str]:
             env[f"{ENV_PREFIX}{section_name.upper()}"] = json.dumps(section)
             continue
         for key, value in section.items():
+            if value is None:  # unset optional key: the child's default is the same None
+                continue
             if isinstance(value, dict):
                 text = json.dumps(value)
             else:

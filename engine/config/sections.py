@@ -35,6 +35,9 @@ class ReceiverConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(16, ge=1)
+    unhealthy_exit_s: float = Field(30.0, gt=0, description="a part (broker, delivery or assembler thread, a "
+                                                            "writable ledger) failing this long makes the process "
+                                                            "exit non-zero, for its supervisor to restart it")
     allowed_calling_aets: list[str] = Field(default_factory=list, description="AE titles allowed to connect, each "
                                             "optionally bound to a host address: CT1 or CT1@10.0.0.5; empty = any")
     max_instance_bytes: int = Field(2**31 - 1, ge=1024)
@@ -143,6 +146,9 @@ class BrokerConfig(_Section):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_liveness: int = Field(3, ge=1)
     max_attempts: int = Field(3, ge=1)
+    lease_timeout_s: float = Field(30.0, gt=0, description="a leased job no connected worker holds is taken back "
+                                                          "(queued again, an attempt counted) this long after its "
+                                                          "last renewal")
     curve_secret_key: str = Field("", description="broker's Curve secret certificate (NAME.key_secret); "
                                                   "required when bind is not loopback")
     curve_authorized_keys: str = Field("", description="folder of the public certificates (*.key) of allowed workers")

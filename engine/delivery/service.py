@@ -164,6 +164,12 @@ class DeliveryService:
             return AttemptOutcome("retry", f"connection to {destination.host}:{destination.port} failed: {exc}")
         return judge_statuses(statuses)
 
+    def alive(self) -> bool:
+        """Whether the sender thread runs, or none is needed (no destinations)."""
+        if not self._destinations:
+            return True
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
     def start(self) -> None:
         """Start the sender thread (no-op without destinations)."""
         if not self._destinations or self._thread is not None:

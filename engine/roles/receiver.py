@@ -7,7 +7,7 @@ notifications, HTTP.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -25,9 +25,10 @@ from engine.plugins import LoadedPlugins
 from engine.receiver.assembler import Assembler
 from engine.receiver.audit import AuditTrail
 from engine.receiver.dispatch import LedgerJobSource
-from engine.receiver.router import Router
+from engine.receiver.router import Router, backfill
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
+from engine.roles.health import HealthMonitor
 from engine.receiver.stow import StowStore
 from engine.roles.memory import freeze_startup_objects
 from engine.web.app import create_app
@@ -65,7 +66,8 @@ class ReceiverRole:
             config.broker.bind,
             LedgerJobSource(self.ledger, self.spool, self.results, self.histograms,
                             deliveries=self.delivery.destinations_for, on_done=self.delivery.wake,
-                            on_finished=self.notifications.job_finished),
+                            on_finished=self.notifications.job_finished,
+                            lease_seconds=config.broker.lease_timeout_s),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
             curve=config.broker.curve(),
@@ -108,6 +110,22 @@ class ReceiverRole:
                               config.http.port, tls=tls_context(config),
                               forwarded_allow_ips=config.http.forwarded_allow_ips)
         self._started = False
+        self.health = HealthMonitor([
+            ("broker", lambda: None if self.broker.alive() else "thread stopped"),
+            ("delivery", lambda: None if self.delivery.alive() else "thread stopped"),
+            ("assembler", lambda: None if self.assembler.alive() else "thread stopped"),
+            ("ledger", self.ledger.probe_write),
+        ], self._fatal, exit_after=config.receiver.unhealthy_exit_s)
+        self._on_fatal: Callable[[], object] = lambda: None
+
+    def _fatal(self) -> None:
+        """A part stayed dead past ``receiver.unhealthy_exit_s``: ask the process to stop (and exit non-zero)."""
+        self._on_fatal()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the receiver gave up on a dead part (the process should exit non-zero)."""
+        return self.health.fatal
 
     def _console(self, plugins: LoadedPlugins) -> Console:
         """What the operations console reads and acts on."""
@@ -153,20 +171,30 @@ class ReceiverRole:
         return self.ledger.job_counts()
 
     def ready(self) -> list[str]:
-        """The parts that are not healthy (empty: ready); until every part has started, the receiver itself."""
-        return [] if self._started else ["receiver: starting or stopping"]
+        """The parts that are not healthy (empty: ready), as the health monitor last found them; until every
+        part has started, the receiver itself."""
+        return self.health.problems() if self._started else ["receiver: starting or stopping"]
 
-    def start(self) -> None:
-        """Recover from the ledger, start broker, assembler and HTTP, and the SCP last."""
+    def start(self, on_fatal: Callable[[], object] | None = None) -> None:
+        """Recover from the ledger, start broker, assembler and HTTP, and the SCP last.
+
+        ``on_fatal`` is called once when a part stays dead past ``receiver.unhealthy_exit_s``.
+        """
+        if on_fatal is not None:
+            self._on_fatal = on_fatal
         requeued = self.ledger.requeue_leased_on_start()
         self.broker.start()
-        for series_uid, revision in self.ledger.complete_series_revisions():
+        for series_uid, revision in self.ledger.unrouted_series_revisions():  # a crash between complete and route
             self.router.route(series_uid, revision)
+        since = self.config.routing.backfill_since
+        if since is not None:
+            backfill(self.ledger, self.router, since, deliver=self.config.routing.backfill_deliver)
         self.assembler.start(tick=self.config.assembler.tick_s)
         self.delivery.start()
         self.notifications.start()
         self.http.start()
         self.scp.start()
+        self.health.start()
         self._started = True
         freeze_startup_objects()
         log.info("receiver.started", ae_title=self.config.receiver.ae_title, port=self.scp.port,
@@ -176,6 +204,7 @@ class ReceiverRole:
     def stop(self) -> None:
         """Stop accepting, then stop the rest; the ledger is left consistent."""
         self._started = False
+        self.health.stop()
         self.scp.stop()
         self.assembler.stop()
         self.broker.stop()
