@@ -104,7 +104,8 @@ class ReceiverRole:
                                               self.ledger.received_totals, self.ledger.delivery_counts,
                                               self.ledger.notification_counts))
         self.access = AccessStore(storage.users_path)
-        stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes)
+        stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes,
+                           self.scp.disk_low)
         self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins), [stow]), config.http.host,
                               config.http.port, tls=tls_context(config),
                               forwarded_allow_ips=config.http.forwarded_allow_ips)

@@ -70,7 +70,7 @@ class SecurityHeaders:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") and request.url.path != "/api/docs"
+    return request.url.path.startswith(("/api/", "/dicomweb/")) and request.url.path != "/api/docs"
 
 
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -9,6 +9,8 @@ with the operator role (a bearer token; a session also needs its CSRF token).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -25,8 +27,9 @@ log = get_logger(__name__)
 DICOM_JSON = "application/dicom+json"
 
 
-def stow_router(store: StowStore, max_body_bytes: int) -> APIRouter:
-    """The STOW-RS routes over ``store``."""
+def stow_router(store: StowStore, max_body_bytes: int, disk_low: Callable[[], bool] = lambda: False) -> APIRouter:
+    """The STOW-RS routes over ``store``; while ``disk_low()`` (the spool below ``storage.min_free_bytes``,
+    where C-STORE associations are refused) requests get 503 with Retry-After, before the body is read."""
     router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
     async def _read(request: Request) -> bytes:
@@ -42,6 +45,9 @@ def stow_router(store: StowStore, max_body_bytes: int) -> APIRouter:
         return b"".join(chunks)
 
     async def _stow(request: Request, user: User, study_uid: str | None) -> JSONResponse:
+        if disk_low():
+            raise HTTPException(503, "the spool's disk is below storage.min_free_bytes: try again later",
+                                headers={"Retry-After": "60"})
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/related"):
             raise HTTPException(415, 'send multipart/related; type="application/dicom"')

@@ -14,6 +14,7 @@ from engine.testing.harness import make_phantom_study
 from engine.testing.peers import DICOMWEB_PLUGIN, OrthancPeer, orthanc_available
 
 MAX_INSTANCE = 400_000
+MAX_BODY = 8_000_000
 
 
 def _multipart(parts: list[tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -34,7 +35,8 @@ def _count(engine: EngineProcess) -> int:
 def engine(tmp_path_factory):
     data = tmp_path_factory.mktemp("stow")
     process = EngineProcess(data / "data", workers=1, extra={"routing": {"models": ["nodule-seg"]},
-                                                            "receiver": {"max_instance_bytes": MAX_INSTANCE}})
+                                                            "receiver": {"max_instance_bytes": MAX_INSTANCE},
+                                                            "http": {"stow_max_body_bytes": MAX_BODY}})
     with process:
         yield process
 
@@ -62,7 +64,8 @@ def test_bad_bodies_get_a_clear_4xx_and_store_nothing(engine: EngineProcess, tmp
     study = make_phantom_study(tmp_path / "bad", slices=4, nodules=0)
     good = study.files[0].read_bytes()
     before = _count(engine)
-    assert _post(engine, b"{}", "application/json").status_code == 415
+    refused = _post(engine, b"{}", "application/json")
+    assert refused.status_code == 415 and "multipart/related" in refused.json()["error"]
     assert _post(engine, b"no parts here", "multipart/related; type=\"application/dicom\"").status_code == 400
     body, content_type = _multipart([("application/dicom", good)])
     assert _post(engine, body, content_type, token="not-a-token").status_code == 401
@@ -89,6 +92,9 @@ def test_bad_bodies_get_a_clear_4xx_and_store_nothing(engine: EngineProcess, tmp
     answer = _post(engine, body, content_type, f"/dicomweb/studies/{study.study_uid}")
     assert answer.status_code == 409 and answer.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
 
+    body, content_type = _multipart([("application/dicom", good)] * (MAX_BODY // len(good) + 1))
+    assert _post(engine, body, content_type).status_code == 413
+
     assert _count(engine) == before, "nothing was stored"
     assert engine.http_status("/readyz") == 200
 
@@ -110,3 +116,15 @@ def test_orthanc_pushes_a_study_by_stow_and_the_results_come_out(engine: EngineP
         assert len(ledger.series_instances(study.series_uid)) == len(study.files)
     finally:
         ledger.close()
+
+
+def test_a_spool_below_its_free_space_mark_answers_503(tmp_path: Path) -> None:
+    """As C-STORE associations are refused then, STOW requests get 503 and Retry-After, nothing stored."""
+    study = make_phantom_study(tmp_path / "study", slices=2, nodules=0)
+    process = EngineProcess(tmp_path / "data", workers=0, extra={"storage": {"min_free_bytes": 2**62}})
+    with process:
+        body, content_type = _multipart([("application/dicom", study.files[0].read_bytes())])
+        answer = _post(process, body, content_type)
+        assert answer.status_code == 503, (answer.status_code, answer.text)
+        assert answer.headers["Retry-After"] == "60"
+        assert _count(process) == 0 and process.http_status("/readyz") == 200
