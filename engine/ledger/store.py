@@ -517,6 +517,18 @@ class Ledger:
                 f" s.expected_count, s.updates, s.completion_reason FROM series s {where}", params).fetchall()
         return [SeriesRow(*row) for row in rows]
 
+    def instance_files(self) -> list[tuple[str, str]]:
+        """(series key, spool name) of every stored instance, for ``scanstream verify``."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT s.series_key, i.spool_name FROM instances i JOIN series s USING (series_uid)")]
+
+    def result_folders(self) -> list[tuple[str, str]]:
+        """(job id, results folder) of every done job, for ``scanstream verify``."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT job_id, result_dir FROM jobs WHERE state = 'done' AND result_dir IS NOT NULL")]
+
     def series_instances(self, series_uid: str) -> list[InstanceRow]:
         """The series' instances, ordered along the slice normal where known."""
         with self._lock:
