@@ -30,7 +30,7 @@ from engine.roles.memory import freeze_startup_objects
 from engine.web.app import create_app
 from engine.web.auth.store import AccessStore
 from engine.web.console import Console
-from engine.web.metrics import StatusCollector
+from engine.web.metrics import StatusCollector, StorageCollector
 from engine.web.models_view import ModelCatalogue
 from engine.web.server import WebServer, tls_context
 
@@ -91,6 +91,8 @@ class ReceiverRole:
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals, self.ledger.delivery_counts))
+        self.metrics.register(StorageCollector(lambda: self.ledger.received_totals()[1], storage.ledger_path,
+                                               storage.data_dir))
         self.access = AccessStore(storage.users_path)
         self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins)), config.http.host,
                               config.http.port, tls=tls_context(config),
