@@ -26,6 +26,7 @@ def build(data: Path) -> tuple[list[str], Path]:
         names.append(entry.name)
     ledger.complete_series(SERIES, "test", 2.0)
     job = ledger.create_job(SERIES, 1, "m", "1", now=2.0)
+    ledger.mark_routed(SERIES, 1)  # as the router does
     ledger.claim_job("w", 3.0)
     folder = results.file(ledger.study_key("1.2"), "m", ledger.series_key(SERIES), [("result.json", b"{}")])
     ledger.complete_job(job, 1, str(folder), 4.0)
