@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from engine.config.sections import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, EngineConfig
 
 # Lists of tables (``[[destinations]]``, ``[[models]]``) travel in the environment as one JSON array each.
-LIST_SECTIONS = ("destinations", "models")
+LIST_SECTIONS = ("destinations", "notifications", "models")
 _LIST_VAR = re.compile(rf"^{ENV_PREFIX}({'|'.join(name.upper() for name in LIST_SECTIONS)})$")
 
 

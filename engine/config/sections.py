@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.broker.security import CurveClient, CurveServer
-from engine.config.entries import DestinationConfig, ModelEntryConfig, RoutingConfig
+from engine.config.entries import DestinationConfig, ModelEntryConfig, NotificationConfig, RoutingConfig
 
 ENV_PREFIX = "SCANSTREAM_"
 DEFAULT_CONFIG_FILE = "scanstream.toml"
@@ -223,6 +223,8 @@ class HttpConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    stow_max_body_bytes: int = Field(2**30, ge=1024, description="largest STOW-RS request body "
+                                                                 "(POST /dicomweb/studies); larger gets 413")
     tls_enabled: bool = Field(False, description="serve HTTPS (TLS 1.2+) with tls_certificate / tls_private_key")
     tls_certificate: str = Field("", description="PEM certificate (chain) of the console; empty = "
                                                  "receiver.tls_certificate")
@@ -280,11 +282,13 @@ class EngineConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     destinations: list[DestinationConfig] = Field(default_factory=list)
+    notifications: list[NotificationConfig] = Field(default_factory=list)
     models: list[ModelEntryConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EngineConfig":
-        for key, entries in (("destinations", self.destinations), ("models", self.models)):
+        for key, entries in (("destinations", self.destinations), ("notifications", self.notifications),
+                             ("models", self.models)):
             names = [entry.name for entry in entries]
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:

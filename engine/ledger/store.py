@@ -125,6 +125,15 @@ _MIGRATIONS: tuple[str, ...] = (
     UPDATE series SET routed_revision = revision WHERE state = 'complete';
     ALTER TABLE jobs ADD COLUMN deliver INTEGER NOT NULL DEFAULT 1;
     """,
+    # Issue 21: notifications, queued in the ledger per event and target like deliveries.
+    """
+    CREATE TABLE notifications (
+        event_id TEXT NOT NULL, notifier TEXT NOT NULL, trigger TEXT NOT NULL, study_uid TEXT NOT NULL,
+        job_id TEXT, payload TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL, created REAL NOT NULL, finished REAL, reason TEXT,
+        PRIMARY KEY (event_id, notifier));
+    CREATE INDEX notifications_due ON notifications(state, next_attempt);
+    """,
     # Issue 17: crash-safe removal. Purging a study deletes its rows and records the files to remove in the
     # same transaction; the files go after, and a pass after a crash removes what is still listed.
     """
@@ -330,8 +339,10 @@ _STUDY_FINISHED = (
     "NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = st.study_uid AND (s.state = 'open'"
     " OR s.routed_revision < s.revision OR EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
     " AND (j.state IN ('queued', 'leased') OR EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id"
-    " AND d.state = 'pending')))))")
-"""SQL on ``studies st``: no open or unrouted series, no queued or leased job, no pending delivery."""
+    " AND d.state = 'pending'))))) AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.study_uid = st.study_uid"
+    " AND n.state = 'pending')")
+"""SQL on ``studies st``: no open or unrouted series, no queued or leased job, no pending delivery or
+notification."""
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -346,6 +357,31 @@ def _statements(script: str) -> Iterator[str]:
             pending = ""
     if pending.strip(" \n;"):
         yield pending
+
+
+@dataclass(frozen=True)
+class NotificationRow:
+    """One event (a job done or failed, a study final) on its way to one notification target.
+
+    ``payload`` is the event as JSON text, fixed when the event happened, so every
+    attempt sends the same facts.
+    """
+
+    event_id: str
+    notifier: str
+    trigger: str
+    study_uid: str
+    job_id: str | None
+    payload: str
+    state: str
+    attempts: int
+    next_attempt: float
+    created: float
+    finished: float | None
+    reason: str | None
+
+
+_NOTIFICATION_COLUMNS = ", ".join(f.name for f in fields(NotificationRow))
 
 
 def _key(prefix: str) -> str:
@@ -561,6 +597,7 @@ class Ledger:
             db.execute(f"DELETE FROM jobs WHERE job_id IN ({job_marks})", jobs)
             db.execute(f"DELETE FROM instances WHERE series_uid IN ({marks})", series)
             db.execute(f"DELETE FROM series WHERE series_uid IN ({marks})", series)
+            db.execute("DELETE FROM notifications WHERE study_uid = ?", (study_uid,))
             db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
             return files
 
@@ -936,9 +973,64 @@ class Ledger:
                                         " (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid)").fetchone()[0]
         deliveries = self.delivery_counts()
         instances = self.received_totals()[0]
+        notifications = self.notification_counts()
         return {"studies": studies, "series open": series.get("open", 0),
                 "series complete": series.get("complete", 0), "series unrouted": unrouted, "instances": instances,
                 "queue depth": jobs["queued"], "in flight": jobs["leased"], "done": jobs["done"],
                 "failed": jobs["failed"], "dead-lettered": jobs["dead"],
                 "deliveries pending": deliveries["pending"], "deliveries sent": deliveries["sent"],
-                "deliveries failed": deliveries["failed"]}
+                "deliveries failed": deliveries["failed"],
+                "notifications pending": notifications["pending"], "notifications sent": notifications["sent"],
+                "notifications failed": notifications["failed"]}
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def add_notifications(self, event_id: str, trigger: str, study_uid: str, job_id: str | None, payload: str,
+                          notifiers: Sequence[str], now: float) -> int:
+        """Queue one event for ``notifiers`` (an event already queued is not queued twice); returns how many."""
+        with self._tx(job_change=True) as db:
+            return db.executemany(
+                "INSERT OR IGNORE INTO notifications (event_id, notifier, trigger, study_uid, job_id, payload, state,"
+                " next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [(event_id, name, trigger, study_uid, job_id, payload, now, now) for name in notifiers]).rowcount
+
+    def due_notifications(self, now: float, limit: int = 32) -> list[NotificationRow]:
+        """Pending notifications whose next attempt is due, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE state = 'pending'"
+                                    " AND next_attempt <= ? ORDER BY next_attempt, created LIMIT ?",
+                                    (now, limit)).fetchall()
+        return [NotificationRow(*row) for row in rows]
+
+    def next_notification_due(self) -> float | None:
+        """When the earliest pending notification is due (epoch seconds), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt) FROM notifications WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def record_notification(self, event_id: str, notifier: str, state: str, now: float, *,
+                            reason: str | None = None, next_attempt: float | None = None) -> None:
+        """Record one attempt: ``sent`` or ``failed`` (final), or ``pending`` again at ``next_attempt``."""
+        if state not in DELIVERY_STATES:
+            raise ValueError(f"unknown notification state {state!r}")
+        with self._tx(job_change=True) as db:
+            db.execute("UPDATE notifications SET state = ?, attempts = attempts + 1, reason = ?,"
+                       " next_attempt = COALESCE(?, next_attempt), finished = ? WHERE event_id = ? AND notifier = ?",
+                       (state, reason, next_attempt, None if state == "pending" else now, event_id, notifier))
+
+    def notifications(self, study_uid: str | None = None, state: str | None = None) -> list[NotificationRow]:
+        """Notifications of one study (every one when None), in ``state`` when given, oldest first."""
+        clauses = [(column, value) for column, value in (("study_uid", study_uid), ("state", state))
+                   if value is not None]
+        where = " WHERE " + " AND ".join(f"{column} = ?" for column, _ in clauses) if clauses else ""
+        params = tuple(value for _, value in clauses)
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications{where}"
+                                    " ORDER BY created, event_id, notifier", params).fetchall()
+        return [NotificationRow(*row) for row in rows]
+
+    def notification_counts(self) -> dict[str, int]:
+        """Notifications per state (every state present, zero included)."""
+        with self._lock:
+            found = dict(self._db.execute("SELECT state, COUNT(*) FROM notifications GROUP BY state").fetchall())
+        return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}

@@ -5,7 +5,8 @@ one frame per spooled instance file, read from the spool as stored (no decode).
 A DONE files the artifacts under ``results/<study key>/<model>/<series key>/`` and only then
 marks the job done in the ledger, so "done" always means "the files are there"; then
 the destinations the files go to (``deliveries``) are queued in the same ledger
-transaction, and ``on_done`` wakes the delivery service.
+transaction, and ``on_done`` wakes the delivery service. ``on_finished`` hears of
+every job that ends done, failed or dead-lettered (notifications).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class LedgerJobSource:
     def __init__(self, ledger: Ledger, spool: Spool, results: ResultStore,
                  histograms: StageHistograms | None = None,
                  deliveries: Callable[[str, Path], list[str]] | None = None,
-                 on_done: Callable[[str], object] | None = None, lease_seconds: float = 30.0) -> None:
+                 on_done: Callable[[str], object] | None = None,
+                 on_finished: Callable[[str], object] | None = None, lease_seconds: float = 30.0) -> None:
         self._ledger = ledger
         self._lease_seconds = lease_seconds
         self._next_reap = 0.0
@@ -46,6 +48,7 @@ class LedgerJobSource:
         self._histograms = histograms
         self._deliveries = deliveries
         self._on_done = on_done
+        self._on_finished = on_finished
 
     def next_job(self, worker: WorkerInfo) -> OutgoingJob | None:
         """Lease the most urgent queued job this worker can run, with its instance files.
@@ -131,6 +134,7 @@ class LedgerJobSource:
                      overhead_s=round(seconds.get("end_to_end", 0.0) - seconds.get("infer", 0.0), 4))
             if destinations and self._on_done is not None:
                 self._on_done(job_id)
+            self._finished(job_id, "done")
         else:
             log.warning("job.stale_result", job=job_id, attempt=attempt)
 
@@ -139,8 +143,16 @@ class LedgerJobSource:
         state = self._ledger.fail_job(job_id, attempt, reason, retryable, time.time())
         log.warning("job.failed", job=job_id, attempt=attempt, retryable=retryable, state=state,
                     reason=json.dumps(reason)[:300])
+        self._finished(job_id, state)
 
     def lease_lost(self, job_id: str, attempt: int, reason: str) -> None:
         """The worker went away: queue the job again; a crash costs an attempt, a clean stop does not."""
-        self._ledger.release_job(job_id, attempt, reason, time.time(), count_attempt=reason not in CLEAN_REASONS)
+        state = self._ledger.release_job(job_id, attempt, reason, time.time(),
+                                         count_attempt=reason not in CLEAN_REASONS)
         log.warning("job.lease_lost", job=job_id, attempt=attempt, reason=reason)
+        self._finished(job_id, state)
+
+    def _finished(self, job_id: str, state: str | None) -> None:
+        """Tell ``on_finished`` (notifications) of a job that reached done, failed or dead."""
+        if state in ("done", "failed", "dead") and self._on_finished is not None:
+            self._on_finished(job_id)

@@ -172,6 +172,11 @@ class ReceiverSCP:
         self._active: set[Association] = set()
 
     @property
+    def store_handler(self) -> StoreHandler:
+        """The C-STORE handler (STOW-RS stores through it too: same checks, caps and durability)."""
+        return self._handler
+
+    @property
     def port(self) -> int:
         """The bound plain port (the real one when started with port 0)."""
         if "plain" in self._servers:

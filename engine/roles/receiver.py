@@ -1,4 +1,5 @@
-"""The receiver role, wired from config: SCP, spool, ledger, assembler, router, broker, delivery, HTTP.
+"""The receiver role, wired from config: SCP, spool, ledger, assembler, router, broker, delivery,
+notifications, HTTP.
 
 ``ReceiverRole`` owns everything stateful on the receiving host.
 """
@@ -17,6 +18,8 @@ from engine.ledger.latency import DELIVERY_STAGES, StageHistograms
 from engine.ledger.store import Ledger
 from engine.ledger.study_report import study_report
 from engine.logs import get_logger
+from engine.notify.registry import StudyFacts
+from engine.notify.service import NotificationService
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins
 from engine.receiver.assembler import Assembler
@@ -26,13 +29,17 @@ from engine.receiver.router import Router, backfill
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.roles.health import HealthMonitor
+from engine.receiver.stow import StowStore
 from engine.roles.memory import freeze_startup_objects
 from engine.web.app import create_app
 from engine.web.auth.store import AccessStore
 from engine.web.console import Console
+from engine.web.dicomweb import stow_router
 from engine.web.metrics import StatusCollector, StorageCollector
 from engine.web.models_view import ModelCatalogue
 from engine.web.server import WebServer, tls_context
+from engine.web.queries import LedgerReader
+from engine.web.study_headers import StudyHeaders
 
 log = get_logger(__name__)
 
@@ -52,10 +59,14 @@ class ReceiverRole:
         self.metrics = CollectorRegistry()
         self.histograms = StageHistograms(self.metrics)
         self.delivery = DeliveryService(self.ledger, config.destinations, on_sent=self._delivered)
+        self._headers = StudyHeaders(self.spool, LedgerReader(storage.ledger_path).first_instance)
+        self.notifications = NotificationService(self.ledger, config.notifications, plugins.notifiers,
+                                                 facts=self._study_facts)
         self.broker = Broker(
             config.broker.bind,
             LedgerJobSource(self.ledger, self.spool, self.results, self.histograms,
                             deliveries=self.delivery.destinations_for, on_done=self.delivery.wake,
+                            on_finished=self.notifications.job_finished,
                             lease_seconds=config.broker.lease_timeout_s),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
@@ -90,11 +101,13 @@ class ReceiverRole:
             plain=receiver.plain_enabled,
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
-                                              self.ledger.received_totals, self.ledger.delivery_counts))
+                                              self.ledger.received_totals, self.ledger.delivery_counts,
+                                              self.ledger.notification_counts))
         self.metrics.register(StorageCollector(lambda: self.ledger.received_totals()[1], storage.ledger_path,
                                                storage.data_dir))
         self.access = AccessStore(storage.users_path)
-        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins)), config.http.host,
+        stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes)
+        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins), [stow]), config.http.host,
                               config.http.port, tls=tls_context(config),
                               forwarded_allow_ips=config.http.forwarded_allow_ips)
         self._started = False
@@ -126,6 +139,12 @@ class ReceiverRole:
         """A job's results reached a destination: add the delivery stages to the histograms."""
         for timeline in self.ledger.timelines([job_id]):
             self.histograms.observe(timeline, DELIVERY_STAGES)
+        self.notifications.wake()
+
+    def _study_facts(self, study_uid: str) -> StudyFacts:
+        """Patient id, name and accession number from the study's stored header (HL7 PID/OBR), never logged."""
+        header = self._headers.get(study_uid)
+        return StudyFacts(header.patient_id, header.patient_name, header.accession_number)
 
     def _instance_stored(self, series_uid: str) -> None:
         self.assembler.check(series_uid, time.time())
@@ -173,6 +192,7 @@ class ReceiverRole:
             backfill(self.ledger, self.router, since, deliver=self.config.routing.backfill_deliver)
         self.assembler.start(tick=self.config.assembler.tick_s)
         self.delivery.start()
+        self.notifications.start()
         self.http.start()
         self.scp.start()
         self.health.start()
@@ -190,6 +210,7 @@ class ReceiverRole:
         self.assembler.stop()
         self.broker.stop()
         self.delivery.stop()
+        self.notifications.stop()
         self.http.stop()
         self.access.close()
         self.ledger.close()

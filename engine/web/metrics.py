@@ -18,11 +18,13 @@ class StatusCollector(Collector):
 
     def __init__(self, job_counts: Callable[[], dict[str, int]], workers: Callable[[], int],
                  received: Callable[[], tuple[int, int]] | None = None,
-                 deliveries: Callable[[], dict[str, int]] | None = None) -> None:
+                 deliveries: Callable[[], dict[str, int]] | None = None,
+                 notifications: Callable[[], dict[str, int]] | None = None) -> None:
         self._job_counts = job_counts
         self._workers = workers
         self._received = received
         self._deliveries = deliveries
+        self._notifications = notifications
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         counts = self._job_counts()
@@ -45,6 +47,13 @@ class StatusCollector(Collector):
             for state, count in sorted(self._deliveries().items()):
                 deliveries.add_metric([state], count)
             yield deliveries
+        if self._notifications is not None:
+            notifications = GaugeMetricFamily("scanstream_notifications",
+                                              "Notifications (webhook, HL7) of job and study events by state",
+                                              labels=["state"])
+            for state, count in sorted(self._notifications().items()):
+                notifications.add_metric([state], count)
+            yield notifications
 
 
 def metrics_router(registry: CollectorRegistry) -> APIRouter:

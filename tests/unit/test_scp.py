@@ -34,11 +34,12 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
 from engine.testing.ports import free_port
+from engine.testing.waiting import wait_until
 from engine.receiver import spool as spool_module
 from engine.receiver.assembler import Assembler
 from engine.ledger.store import Ledger
@@ -50,7 +51,6 @@ from engine.receiver.statuses import (
     CALLING_AE_NOT_RECOGNISED,
     LOCAL_LIMIT_EXCEEDED,
     Rejection,
-    RejectResult,
     StoreStatus,
 )
 from engine.testing import storescu
@@ -335,9 +335,7 @@ def test_series_without_images_in_acquisition_completes_when_idle(tmp_path: Path
     assert receiver.completed == [] and receiver.ledger.series(series_uid).state == "open"
     receiver.assembler.start(tick=0.05)
     try:
-        deadline = time.monotonic() + 10.0
-        while not receiver.completed and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: receiver.completed, "the idle series completed by the assembler")
     finally:
         receiver.assembler.stop()
     assert receiver.completed == [(series_uid, 1)]
@@ -512,16 +510,22 @@ def test_a_defect_in_storing_is_a_processing_failure_and_the_receiver_carries_on
 
 def associate(port: int, calling: str = "PYSCU", called: str = AET) -> tuple[pynetdicom.association.Association,
                                                                              Rejection | None]:
-    """Request an association; returns it and the rejection the SCP answered, if any."""
-    answers: list = []
+    """Request an association; returns it and the rejection the SCP answered, if any.
+
+    The rejection is read from the association's own record of the answer
+    (``acceptor.primitive``, set before ``associate`` returns), not from an event
+    handler, and the timeouts are generous: a busy machine only makes it slower.
+    """
     ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = 60
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called,
-                         evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))])
-    rejected = [p for p in answers if getattr(p, "result", None) in tuple(RejectResult)]
-    if not rejected:
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if assoc.is_aborted:
+        raise AssertionError(f"association from {calling} to {called} aborted instead of being answered")
+    if not assoc.is_rejected:
         return assoc, None
-    return assoc, Rejection(rejected[0].result, rejected[0].result_source, rejected[0].diagnostic)
+    answer = assoc.acceptor.primitive
+    return assoc, Rejection(answer.result, answer.result_source, answer.diagnostic)
 
 
 def test_wrong_called_ae_and_unknown_calling_ae_are_rejected(tmp_path: Path, receiver_factory,
@@ -553,9 +557,7 @@ def test_association_limit_echo_and_tcp_nodelay(receiver_factory) -> None:
     second, rejection = associate(receiver.scp.port)
     assert rejection == LOCAL_LIMIT_EXCEEDED and second.is_rejected
     first.release()
-    deadline = time.monotonic() + 5
-    while receiver.scp.active_associations() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not receiver.scp.active_associations(), "the released association gone from the SCP")
     again, rejection = associate(receiver.scp.port)
     assert rejection is None and again.is_established
     again.release()
@@ -627,11 +629,14 @@ def test_audit_trail_records_who_sent_what_without_patient_data(tmp_path: Path, 
     statuses = send_many(receiver.scp.port, [series[0], series[1], series[1], short])
     assert statuses == [0, 0, 0, StoreStatus.CANNOT_UNDERSTAND_TRUNCATED]
     assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
-    deadline = time.monotonic() + 5
-    while len((tmp_path / "audit.log").read_text().splitlines() if (tmp_path / "audit.log").exists() else []) < 2:
-        assert time.monotonic() < deadline, "audit lines not written"
-        time.sleep(0.02)
-    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+
+    def audited() -> list[dict]:
+        path = tmp_path / "audit.log"
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        events = {line["event"] for line in lines}
+        return lines if {"instances-transferred", "association-rejected"} <= events else []
+
+    lines = wait_until(audited, "the transfer and the rejection in the audit log")
     transferred = next(line for line in lines if line["event"] == "instances-transferred")
     assert (transferred["calling_ae"], transferred["called_ae"], transferred["ended"]) == ("PYSCU", AET, "released")
     assert (transferred["stored"], transferred["duplicates"], transferred["refused"]) == (2, 1, 1)
