@@ -61,3 +61,18 @@ def test_a_crash_between_the_transaction_and_the_deletions_is_finished_by_the_ne
         assert ledger.removals() == [] and finish_removals(ledger, Spool(tmp_path / "spool"), tmp_path / "results") == 0
     finally:
         ledger.close()
+
+
+def test_a_study_with_a_pending_notification_waits_and_its_notifications_go_with_it(tmp_path: Path) -> None:
+    build(tmp_path)
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        ledger._db.execute("INSERT INTO notifications (event_id, notifier, trigger, study_uid, payload, state,"
+                           " next_attempt, created) VALUES ('e1', 'hook', 'study_final', ?, '{}', 'pending', 1, 1)",
+                           (STUDY,))
+        assert ledger.finished_studies() == [] and ledger.remove_study(STUDY, 10.0) is None
+        ledger._db.execute("UPDATE notifications SET state = 'sent'")
+        assert ledger.finished_studies() == [STUDY] and ledger.remove_study(STUDY, 10.0) is not None
+        assert ledger._db.execute("SELECT COUNT(*) FROM notifications").fetchone()[0] == 0
+    finally:
+        ledger.close()
