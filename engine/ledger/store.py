@@ -134,6 +134,11 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (event_id, notifier));
     CREATE INDEX notifications_due ON notifications(state, next_attempt);
     """,
+    # Issue 17: crash-safe removal. Purging a study deletes its rows and records the files to remove in the
+    # same transaction; the files go after, and a pass after a crash removes what is still listed.
+    """
+    CREATE TABLE removals (path TEXT PRIMARY KEY, kind TEXT NOT NULL, since REAL NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -329,6 +334,15 @@ class DeliveryRow:
 
 
 _DELIVERY_COLUMNS = ", ".join(f.name for f in fields(DeliveryRow))
+
+_STUDY_FINISHED = (
+    "NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = st.study_uid AND (s.state = 'open'"
+    " OR s.routed_revision < s.revision OR EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
+    " AND (j.state IN ('queued', 'leased') OR EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id"
+    " AND d.state = 'pending'))))) AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.study_uid = st.study_uid"
+    " AND n.state = 'pending')")
+"""SQL on ``studies st``: no open or unrouted series, no queued or leased job, no pending delivery or
+notification."""
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -550,6 +564,64 @@ class Ledger:
                 " (SELECT COUNT(*) FROM instances i WHERE i.series_uid = s.series_uid) AS instance_count,"
                 f" s.expected_count, s.updates, s.completion_reason FROM series s {where}", params).fetchall()
         return [SeriesRow(*row) for row in rows]
+
+    def finished_studies(self, before: float | None = None) -> list[str]:
+        """UIDs of studies whose work is all finished (no open series, no queued or leased job, no pending
+        delivery), last received before ``before`` when given, oldest first: what may be removed."""
+        where, params = ("", ()) if before is None else (" AND st.last_received < ?", (before,))
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                f"SELECT st.study_uid FROM studies st WHERE {_STUDY_FINISHED}{where} ORDER BY st.last_received",
+                params)]
+
+    def remove_study(self, study_uid: str, now: float) -> list[tuple[str, str]] | None:
+        """Delete a finished study's rows and list its files in ``removals``, in one transaction; returns the
+        (path, kind) to remove (spool names as kind "spool", results folders as "results"), or None when the
+        study is unknown or has unfinished work."""
+        with self._tx(job_change=True) as db:
+            if db.execute(f"SELECT 1 FROM studies st WHERE st.study_uid = ? AND {_STUDY_FINISHED}",
+                          (study_uid,)).fetchone() is None:
+                return None
+            series = [r[0] for r in db.execute("SELECT series_uid FROM series WHERE study_uid = ?", (study_uid,))]
+            marks = ",".join("?" * len(series))
+            jobs = [r[0] for r in db.execute(f"SELECT job_id FROM jobs WHERE series_uid IN ({marks})", series)]
+            job_marks = ",".join("?" * len(jobs))
+            files = [(r[0], "spool") for r in db.execute(
+                f"SELECT spool_name FROM instances WHERE series_uid IN ({marks})", series)]
+            files += [(r[0], "results") for r in db.execute(
+                f"SELECT DISTINCT result_dir FROM jobs WHERE job_id IN ({job_marks}) AND result_dir IS NOT NULL",
+                jobs)]
+            db.executemany("INSERT OR IGNORE INTO removals VALUES (?, ?, ?)", [(p, k, now) for p, k in files])
+            db.execute(f"DELETE FROM deliveries WHERE job_id IN ({job_marks})", jobs)
+            db.execute(f"DELETE FROM job_stages WHERE job_id IN ({job_marks})", jobs)
+            db.execute(f"DELETE FROM jobs WHERE job_id IN ({job_marks})", jobs)
+            db.execute(f"DELETE FROM instances WHERE series_uid IN ({marks})", series)
+            db.execute(f"DELETE FROM series WHERE series_uid IN ({marks})", series)
+            db.execute("DELETE FROM notifications WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+            return files
+
+    def removals(self) -> list[tuple[str, str]]:
+        """(path, kind) of files a removal listed and that are not confirmed gone yet."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute("SELECT path, kind FROM removals ORDER BY since, path")]
+
+    def removed(self, paths: Sequence[str]) -> None:
+        """Confirm that these listed files are gone."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM removals WHERE path = ?", [(p,) for p in paths])
+
+    def instance_files(self) -> list[tuple[str, str]]:
+        """(series key, spool name) of every stored instance, for ``scanstream verify``."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT s.series_key, i.spool_name FROM instances i JOIN series s USING (series_uid)")]
+
+    def result_folders(self) -> list[tuple[str, str]]:
+        """(job id, results folder) of every done job, for ``scanstream verify``."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT job_id, result_dir FROM jobs WHERE state = 'done' AND result_dir IS NOT NULL")]
 
     def series_instances(self, series_uid: str) -> list[InstanceRow]:
         """The series' instances, ordered along the slice normal where known."""

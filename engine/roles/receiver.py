@@ -35,7 +35,7 @@ from engine.web.app import create_app
 from engine.web.auth.store import AccessStore
 from engine.web.console import Console
 from engine.web.dicomweb import stow_router
-from engine.web.metrics import StatusCollector
+from engine.web.metrics import StatusCollector, StorageCollector
 from engine.web.models_view import ModelCatalogue
 from engine.web.server import WebServer, tls_context
 from engine.web.queries import LedgerReader
@@ -103,6 +103,8 @@ class ReceiverRole:
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals, self.ledger.delivery_counts,
                                               self.ledger.notification_counts))
+        self.metrics.register(StorageCollector(lambda: self.ledger.received_totals()[1], storage.ledger_path,
+                                               storage.data_dir))
         self.access = AccessStore(storage.users_path)
         stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes,
                            self.scp.disk_low)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Callable, Iterator
 
 from fastapi import APIRouter
@@ -64,3 +66,22 @@ def metrics_router(registry: CollectorRegistry) -> APIRouter:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+class StorageCollector(Collector):
+    """Disk use at scrape time: the spool's bytes (the ledger's kept total of stored instances), the ledger's
+    files (with its WAL), and the free bytes of the data folder's volume."""
+
+    def __init__(self, spool_bytes: Callable[[], int], ledger_path: Path, data_dir: Path) -> None:
+        self._spool_bytes = spool_bytes
+        self._ledger_files = [ledger_path, ledger_path.with_name(ledger_path.name + "-wal"),
+                              ledger_path.with_name(ledger_path.name + "-shm")]
+        self._data_dir = data_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("scanstream_spool_bytes", "Bytes of the stored instances in the spool",
+                                value=self._spool_bytes())
+        yield GaugeMetricFamily("scanstream_ledger_bytes", "Bytes of the ledger's files (database, WAL)",
+                                value=sum(path.stat().st_size for path in self._ledger_files if path.exists()))
+        yield GaugeMetricFamily("scanstream_free_bytes", "Free bytes on the data folder's volume",
+                                value=shutil.disk_usage(self._data_dir).free)

@@ -65,8 +65,8 @@ def why_unrouted(info: SeriesInfo, models: Sequence[ModelSpec], enabled: Sequenc
         elif enabled and spec.name not in enabled:
             reasons.append(f"{spec.name}: would take it, but routing.models leaves it out")
         else:
-            reasons.append(f"{spec.name}: takes it now (the series completed before this model was loaded; it "
-                           "is routed at the next start or revision)")
+            reasons.append(f"{spec.name}: takes it now (the series completed before this model was loaded; "
+                           f"`scanstream backfill {spec.name} --since DATE` runs it, or a new revision)")
     return reasons or ["no model is loaded"]
 
 

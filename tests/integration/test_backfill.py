@@ -50,3 +50,7 @@ def test_a_model_added_later_runs_on_history_only_when_backfilled(tmp_path: Path
             assert [row.destination for row in ledger.deliveries([first.job_id])] == ["pacs"]
         finally:
             ledger.close()
+    verify = subprocess.run([sys.executable, "-m", "engine.cli", "verify", "--data-dir", str(engine.data_dir)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # ledger and files agree after a real run
+    assert "ledger and files agree (8 instance(s), 2 results folder(s))" in verify.stdout
