@@ -457,15 +457,20 @@ class Ledger:
                 self._job_changed.notify_all()
 
     def probe_write(self, timeout: float = 2.0) -> str | None:
-        """Write one row (and wait at most ``timeout`` for the lock): None when the ledger takes writes, else
-        why not. For readiness: a ledger that cannot be written cannot store or finish anything."""
+        """Take the write lock and change one row, then roll back (waiting at most ``timeout`` for the lock):
+        None when the ledger takes writes, else why not. For readiness: a ledger that cannot be written cannot
+        store or finish anything. Nothing is committed, so the probe does not move the data version that the
+        console's change events watch (a committed probe woke every open page each second)."""
         with self._lock:
             try:
                 self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
                 try:
-                    with self._tx() as db:
-                        db.execute("INSERT INTO totals VALUES ('write_probes', 1)"
-                                   " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.execute("INSERT INTO totals VALUES ('write_probes', 1)"
+                                         " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+                    finally:
+                        self._db.execute("ROLLBACK")
                 finally:
                     self._db.execute("PRAGMA busy_timeout = 30000")
             except sqlite3.Error as exc:
