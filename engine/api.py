@@ -133,7 +133,9 @@ class ModelResult:
     Each family fills what its writers read:
 
     - ``label_map`` (uint8, the volume's shape, 0 = background, k =
-      ``segment_labels[k-1]``): the SEG writer (segmentation);
+      ``segment_labels[k-1]``): the SEG writer (segmentation); ``segment_codes``
+      optionally gives a label's (category, type) codes, each (scheme, value,
+      meaning), else :mod:`engine.outputs.segment_codes` picks defaults;
     - ``findings`` with ``regions``: the SR writer's image regions (detection);
     - ``class_probabilities`` (label -> study-level probability) and
       ``findings`` for the labels judged present: the SR writer (classification);
@@ -147,6 +149,7 @@ class ModelResult:
     findings: list[Finding] = field(default_factory=list)
     label_map: np.ndarray | None = None
     segment_labels: list[str] = field(default_factory=list)
+    segment_codes: dict[str, tuple[tuple[str, str, str], tuple[str, str, str]]] = field(default_factory=dict)
     class_probabilities: dict[str, float] = field(default_factory=dict)
     derived_voxels: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -9,12 +9,13 @@ from typing import Sequence
 from engine import __version__
 from engine.api import PluginError
 from engine.broker.security import CurveError
-from engine.commands import bench, demo, keys, models, plugins, requeue, send, serve, status, users
+from engine.commands import (backfill, bench, demo, keys, models, plugins, purge, requeue, send, serve, status,
+                             users, verify)
 from engine.config import ConfigError, load_config
 from engine.dicom.tls import TlsError
 from engine.logs import configure_logging
 
-COMMANDS = (serve, send, demo, plugins, models, bench, keys, status, requeue, users)
+COMMANDS = (serve, send, demo, plugins, models, bench, keys, status, requeue, backfill, purge, verify, users)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from engine import PROJECT_NAME
 if TYPE_CHECKING:
     from engine.api import ModelRegistry, OutputRegistry
     from engine.config import EngineConfig
+    from engine.notify.registry import NotifierRegistry
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -39,4 +40,16 @@ def scanstream_register_outputs(registry: "OutputRegistry", config: "EngineConfi
     Called once per process at start, before models are registered, so a
     model's ``outputs`` can be checked against the known kinds. Built-ins
     register ``result_json`` and ``seg``. Returns nothing.
+    """
+
+
+@hookspec
+def scanstream_register_notifiers(registry: "NotifierRegistry", config: "EngineConfig") -> None:
+    """Register notification kinds with ``registry.add(kind, factory)``.
+
+    Called once in the receiver process at start. ``factory`` takes one
+    ``[[notifications]]`` entry (:class:`engine.config.entries.NotificationConfig`)
+    and returns a :class:`engine.notify.registry.Notifier`; an entry whose kind
+    nobody registered stops start-up naming it. Built-ins register ``webhook``
+    and ``hl7``. Returns nothing.
     """

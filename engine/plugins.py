@@ -1,13 +1,13 @@
 """The plugin manager: entry points, then configured modules, then built-ins.
 
 Callers use the typed methods here and never touch ``pm.hook`` directly.
-Built-in pieces (output writers, the nodule model) are plugins like any other.
+Built-in pieces (output writers, notification kinds, the models) are plugins like any other.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import pluggy
@@ -16,10 +16,12 @@ from engine import PROJECT_NAME, hookspecs
 from engine.api import ModelRegistry, OutputRegistry, PluginError
 from engine.config import EngineConfig
 from engine.logs import get_logger
+from engine.notify.registry import NotifierRegistry
 
 ENTRY_POINT_GROUP = "scanstream.plugins"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "engine.outputs.builtin",
+    "engine.notify.builtin",
     "engine.model_files.plugin",
     "plugins.nodule_seg",
     "plugins.nodule_det",
@@ -32,11 +34,12 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class LoadedPlugins:
-    """What the plugin manager found: models and output writers, ready to use."""
+    """What the plugin manager found: models, output writers and notification kinds, ready to use."""
 
     models: ModelRegistry
     outputs: OutputRegistry
     plugin_names: tuple[str, ...]
+    notifiers: NotifierRegistry = field(default_factory=NotifierRegistry)
 
 
 class PluginManager:
@@ -71,9 +74,11 @@ class PluginManager:
                     outputs.get(kind)
                 except PluginError as exc:
                     raise PluginError(f"model {spec.name!r}: {exc}") from None
+        notifiers = NotifierRegistry()
+        self._pm.hook.scanstream_register_notifiers(registry=notifiers, config=self._config)
         names = tuple(sorted(n for n, _ in self._pm.list_name_plugin() if n))
         log.info("plugins.loaded", plugins=len(names), models=len(models), outputs=len(outputs.kinds()))
-        return LoadedPlugins(models=models, outputs=outputs, plugin_names=names)
+        return LoadedPlugins(models=models, outputs=outputs, plugin_names=names, notifiers=notifiers)
 
     def _register_module(self, module_name: str) -> None:
         if self._pm.is_blocked(module_name) or self._pm.has_plugin(module_name):

@@ -6,7 +6,8 @@ DONE/FAIL gives one credit back. Both sides heartbeat every ``heartbeat_interval
 a worker silent for ``liveness`` intervals, or one a send cannot reach, is forgotten
 and each job it held goes back to the :class:`JobSource` through ``lease_lost``.
 Results for a lease the broker no longer holds are dropped, so a result reaches the
-source at most once per lease. All socket I/O and every source call happen on the
+source at most once per lease. Every heartbeat the source's ``reap`` gets the jobs
+connected workers hold, so it can renew their leases and take back any other. All socket I/O and every source call happen on the
 broker thread; other threads only call :meth:`Broker.notify` and :meth:`Broker.stats`.
 """
 
@@ -16,7 +17,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Collection, Protocol
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
@@ -105,6 +106,10 @@ class JobSource(Protocol):
 
     def lease_lost(self, job_id: str, attempt: int, reason: str) -> None:
         """The worker holding the job is gone: put the job back."""
+
+    def reap(self, held: Collection[str]) -> None:
+        """Called every heartbeat with the jobs connected workers hold: renew those leases, take back
+        any other lease past its expiry (a job claimed but never sent, a result never filed)."""
 
 
 class Waker:
@@ -226,6 +231,10 @@ class Broker:
         """The latest snapshot (rebuilt by the broker thread after every event)."""
         return self._stats
 
+    def alive(self) -> bool:
+        """Whether the broker thread is running (False before start, after stop, or once it crashed)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
+
     def workers(self) -> tuple[WorkerSnapshot, ...]:
         """The connected workers, by name (rebuilt by the broker thread with the stats)."""
         return self._snapshots
@@ -272,6 +281,7 @@ class Broker:
                 self._expire(now)
                 if now >= next_beat:
                     self._heartbeat()
+                    self._call("*", self._source.reap, {job for w in self._workers.values() for job in w.leases})
                     self._dispatch_due = True  # also picks up jobs queued without notify()
                     next_beat = now + self._interval
                 if self._dispatch_due:

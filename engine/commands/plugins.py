@@ -12,7 +12,8 @@ from engine.commands.common import add_command, config_from_args
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add ``plugins`` and its ``check`` subcommand."""
     plugins = add_command(sub, "plugins", cmd_plugins,
-                          "list plugins, models (with the backend each will use, and why) and outputs")
+                          "list plugins, models (with the backend each will use, and why), outputs and "
+                          "notification kinds")
     plugins.add_argument("--no-measure", action="store_true",
                          help="do not time CPU backends that have not been timed on this host yet")
     plugins_commands = plugins.add_subparsers(dest="plugins_command", metavar="{check}")
@@ -42,6 +43,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"    backend: {describe_choice(spec, config.worker, measure=not args.no_measure)}")
     print("outputs:")
     for kind in loaded.outputs.kinds():
+        print(f"  {kind}")
+    print("notification kinds:")
+    for kind in loaded.notifiers.kinds():
         print(f"  {kind}")
     return 0
 

@@ -26,7 +26,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
 
 def _run_receiver(args: argparse.Namespace, with_workers: bool) -> int:
-    """Start the receiver role (and worker subprocesses), run until SIGTERM/SIGINT, stop in order."""
+    """Start the receiver role (and worker subprocesses), run until SIGTERM/SIGINT, stop in order.
+
+    Exits 1 when the receiver gave up on a dead part (see ``receiver.unhealthy_exit_s``), else 0.
+    """
     from engine.plugins import load_plugins
     from engine.roles.receiver import ReceiverRole
     from engine.roles.signals import stop_on_signals
@@ -36,7 +39,7 @@ def _run_receiver(args: argparse.Namespace, with_workers: bool) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     role = ReceiverRole(config, load_plugins(config))
-    role.start()
+    role.start(on_fatal=stop.set)
     supervisor = WorkerSupervisor(config, role.broker.bound_address, config.worker.count) if with_workers else None
     if supervisor is not None:
         supervisor.start()
@@ -46,7 +49,7 @@ def _run_receiver(args: argparse.Namespace, with_workers: bool) -> int:
         if supervisor is not None:
             supervisor.stop()
         role.stop()
-    return 0
+    return 1 if role.failed else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from engine.config.sections import DEFAULT_CONFIG_FILE, ENV_PREFIX, ConfigError, EngineConfig
 
 # Lists of tables (``[[destinations]]``, ``[[models]]``) travel in the environment as one JSON array each.
-LIST_SECTIONS = ("destinations", "models")
+LIST_SECTIONS = ("destinations", "notifications", "models")
 _LIST_VAR = re.compile(rf"^{ENV_PREFIX}({'|'.join(name.upper() for name in LIST_SECTIONS)})$")
 
 
@@ -147,6 +147,8 @@ def config_as_env(config: EngineConfig) -> dict[str, str]:
             env[f"{ENV_PREFIX}{section_name.upper()}"] = json.dumps(section)
             continue
         for key, value in section.items():
+            if value is None:  # unset optional key: the child's default is the same None
+                continue
             if isinstance(value, dict):
                 text = json.dumps(value)
             else:

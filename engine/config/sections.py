@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.broker.security import CurveClient, CurveServer
-from engine.config.entries import DestinationConfig, ModelEntryConfig, RoutingConfig
+from engine.config.entries import DestinationConfig, ModelEntryConfig, NotificationConfig, RoutingConfig
 
 ENV_PREFIX = "SCANSTREAM_"
 DEFAULT_CONFIG_FILE = "scanstream.toml"
@@ -35,6 +35,9 @@ class ReceiverConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=0, le=65535)
     max_associations: int = Field(16, ge=1)
+    unhealthy_exit_s: float = Field(30.0, gt=0, description="a part (broker, delivery or assembler thread, a "
+                                                            "writable ledger) failing this long makes the process "
+                                                            "exit non-zero, for its supervisor to restart it")
     allowed_calling_aets: list[str] = Field(default_factory=list, description="AE titles allowed to connect, each "
                                             "optionally bound to a host address: CT1 or CT1@10.0.0.5; empty = any")
     max_instance_bytes: int = Field(2**31 - 1, ge=1024)
@@ -143,6 +146,9 @@ class BrokerConfig(_Section):
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_liveness: int = Field(3, ge=1)
     max_attempts: int = Field(3, ge=1)
+    lease_timeout_s: float = Field(30.0, gt=0, description="a leased job no connected worker holds is taken back "
+                                                          "(queued again, an attempt counted) this long after its "
+                                                          "last renewal")
     curve_secret_key: str = Field("", description="broker's Curve secret certificate (NAME.key_secret); "
                                                   "required when bind is not loopback")
     curve_authorized_keys: str = Field("", description="folder of the public certificates (*.key) of allowed workers")
@@ -217,6 +223,8 @@ class HttpConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    stow_max_body_bytes: int = Field(2**30, ge=1024, description="largest STOW-RS request body "
+                                                                 "(POST /dicomweb/studies); larger gets 413")
     tls_enabled: bool = Field(False, description="serve HTTPS (TLS 1.2+) with tls_certificate / tls_private_key")
     tls_certificate: str = Field("", description="PEM certificate (chain) of the console; empty = "
                                                  "receiver.tls_certificate")
@@ -274,11 +282,13 @@ class EngineConfig(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     destinations: list[DestinationConfig] = Field(default_factory=list)
+    notifications: list[NotificationConfig] = Field(default_factory=list)
     models: list[ModelEntryConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EngineConfig":
-        for key, entries in (("destinations", self.destinations), ("models", self.models)):
+        for key, entries in (("destinations", self.destinations), ("notifications", self.notifications),
+                             ("models", self.models)):
             names = [entry.name for entry in entries]
             twice = sorted({name for name in names if names.count(name) > 1})
             if twice:

@@ -1,4 +1,5 @@
-"""Results back to a PACS: each done job's DICOM outputs are C-STOREd to the configured destinations.
+"""Results back to a PACS: each done job's DICOM outputs are C-STOREd (or STOW-RS'd, ``kind = "dicomweb"``,
+see :mod:`engine.delivery.stow`) to the configured destinations.
 
 The ledger holds one delivery per (job, destination), so a restart resumes what
 was not yet sent. One sender thread in the receiver process sends due deliveries
@@ -27,6 +28,7 @@ from typing import Callable, Sequence
 from engine.config.entries import DestinationConfig
 from engine.logs import get_logger
 from engine.ledger.store import DeliveryRow, Ledger
+from engine.delivery.stow import StowClient, StowError
 from engine.dicom.store_scu import SendError, read_headers, store_files
 
 log = get_logger(__name__)
@@ -74,7 +76,10 @@ class DeliveryService:
                  on_sent: Callable[[str], object] | None = None, clock: Callable[[], float] = time.time) -> None:
         self._ledger = ledger
         self._destinations = {destination.name: destination for destination in destinations}
-        self._tls = {destination.name: destination.tls_context() for destination in destinations}
+        self._tls = {destination.name: destination.tls_context() for destination in destinations
+                     if destination.kind == "dimse"}
+        self._stow = {destination.name: StowClient(destination) for destination in destinations
+                      if destination.kind == "dicomweb"}
         self._on_sent = on_sent
         self._clock = clock
         self._wake = threading.Event()
@@ -144,6 +149,11 @@ class DeliveryService:
         entries, unreadable = read_headers(files)
         if unreadable:
             return AttemptOutcome("failed", f"{len(unreadable)} result file(s) are not readable DICOM")
+        if destination.kind == "dicomweb":
+            try:
+                return judge_statuses(self._stow[destination.name].store(files))
+            except StowError as exc:
+                return AttemptOutcome("retry" if exc.transient else "failed", str(exc))
         try:
             statuses = store_files(entries, destination.host, destination.port, destination.ae_title,
                                    destination.calling_ae_title, timeout_s=destination.timeout_s,
@@ -153,6 +163,12 @@ class DeliveryService:
         except OSError as exc:
             return AttemptOutcome("retry", f"connection to {destination.host}:{destination.port} failed: {exc}")
         return judge_statuses(statuses)
+
+    def alive(self) -> bool:
+        """Whether the sender thread runs, or none is needed (no destinations)."""
+        if not self._destinations:
+            return True
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def start(self) -> None:
         """Start the sender thread (no-op without destinations)."""
@@ -178,3 +194,5 @@ class DeliveryService:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        for client in self._stow.values():
+            client.close()

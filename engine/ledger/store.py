@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Collection, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -32,6 +32,7 @@ DuplicatePolicy = Literal["keep_first", "replace"]
 JOB_STATES = ("queued", "leased", "done", "failed", "dead")
 DELIVERY_STATES = ("pending", "sent", "failed")
 FINAL_JOB_STATES = ("done", "failed", "dead")
+LEASE_EXPIRED = "lease expired: held by no connected worker"
 
 # Each step takes the ledger from version i to i + 1; released steps are never edited.
 _MIGRATIONS: tuple[str, ...] = (
@@ -77,6 +78,66 @@ _MIGRATIONS: tuple[str, ...] = (
         reason TEXT, warnings INTEGER NOT NULL DEFAULT 0, result_dir TEXT NOT NULL,
         PRIMARY KEY (job_id, destination));
     CREATE INDEX deliveries_due ON deliveries(state, next_attempt);
+    """,
+    # Issue 17: a ledger that stays fast with history: indexes for the study report, the assembler tick and
+    # the latency ledger, and totals (instances, bytes, jobs and deliveries per state) kept by triggers in the
+    # writing transaction, so a /metrics scrape or `status` reads a few rows instead of every instance.
+    """
+    CREATE INDEX series_by_study ON series(study_uid);
+    CREATE INDEX series_by_state ON series(state);
+    CREATE INDEX jobs_by_finished ON jobs(state, finished);
+    CREATE INDEX deliveries_by_job ON deliveries(job_id, state, finished);
+    CREATE TABLE totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO totals SELECT 'instances', COUNT(*) FROM instances;
+    INSERT INTO totals SELECT 'instance_bytes', COALESCE(SUM(size), 0) FROM instances;
+    INSERT INTO totals SELECT 'jobs:' || state, COUNT(*) FROM jobs GROUP BY state;
+    INSERT INTO totals SELECT 'deliveries:' || state, COUNT(*) FROM deliveries GROUP BY state;
+    CREATE TRIGGER totals_instance_added AFTER INSERT ON instances BEGIN
+        INSERT INTO totals VALUES ('instances', 1), ('instance_bytes', NEW.size)
+        ON CONFLICT(name) DO UPDATE SET value = value + excluded.value; END;
+    CREATE TRIGGER totals_instance_resized AFTER UPDATE OF size ON instances BEGIN
+        UPDATE totals SET value = value + NEW.size - OLD.size WHERE name = 'instance_bytes'; END;
+    CREATE TRIGGER totals_instance_removed AFTER DELETE ON instances BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'instances';
+        UPDATE totals SET value = value - OLD.size WHERE name = 'instance_bytes'; END;
+    CREATE TRIGGER totals_job_added AFTER INSERT ON jobs BEGIN
+        INSERT INTO totals VALUES ('jobs:' || NEW.state, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_job_moved AFTER UPDATE OF state ON jobs WHEN NEW.state != OLD.state BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'jobs:' || OLD.state;
+        INSERT INTO totals VALUES ('jobs:' || NEW.state, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_job_removed AFTER DELETE ON jobs BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'jobs:' || OLD.state; END;
+    CREATE TRIGGER totals_delivery_added AFTER INSERT ON deliveries BEGIN
+        INSERT INTO totals VALUES ('deliveries:' || NEW.state, 1)
+        ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_delivery_moved AFTER UPDATE OF state ON deliveries WHEN NEW.state != OLD.state BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'deliveries:' || OLD.state;
+        INSERT INTO totals VALUES ('deliveries:' || NEW.state, 1)
+        ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_delivery_removed AFTER DELETE ON deliveries BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'deliveries:' || OLD.state; END;
+    """,
+    # Issue 17: backfill is a choice. A series revision remembers that it was routed, so start-up routes only
+    # revisions a crash left unrouted (a new model or version no longer runs on all history), and a job
+    # remembers whether its results go to the destinations (backfilled ones only when asked).
+    """
+    ALTER TABLE series ADD COLUMN routed_revision INTEGER NOT NULL DEFAULT 0;
+    UPDATE series SET routed_revision = revision WHERE state = 'complete';
+    ALTER TABLE jobs ADD COLUMN deliver INTEGER NOT NULL DEFAULT 1;
+    """,
+    # Issue 21: notifications, queued in the ledger per event and target like deliveries.
+    """
+    CREATE TABLE notifications (
+        event_id TEXT NOT NULL, notifier TEXT NOT NULL, trigger TEXT NOT NULL, study_uid TEXT NOT NULL,
+        job_id TEXT, payload TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt REAL NOT NULL, created REAL NOT NULL, finished REAL, reason TEXT,
+        PRIMARY KEY (event_id, notifier));
+    CREATE INDEX notifications_due ON notifications(state, next_attempt);
+    """,
+    # Issue 17: crash-safe removal. Purging a study deletes its rows and records the files to remove in the
+    # same transaction; the files go after, and a pass after a crash removes what is still listed.
+    """
+    CREATE TABLE removals (path TEXT PRIMARY KEY, kind TEXT NOT NULL, since REAL NOT NULL);
     """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -250,6 +311,7 @@ class JobRow:
     leased: float | None
     finished: float | None
     lease_expires: float | None
+    deliver: int = 1  # 0: a backfilled job whose results stay out of the destinations
 
 
 _JOB_COLUMNS = ", ".join(f.name for f in fields(JobRow))
@@ -272,6 +334,54 @@ class DeliveryRow:
 
 
 _DELIVERY_COLUMNS = ", ".join(f.name for f in fields(DeliveryRow))
+
+_STUDY_FINISHED = (
+    "NOT EXISTS (SELECT 1 FROM series s WHERE s.study_uid = st.study_uid AND (s.state = 'open'"
+    " OR s.routed_revision < s.revision OR EXISTS (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid"
+    " AND (j.state IN ('queued', 'leased') OR EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.job_id"
+    " AND d.state = 'pending'))))) AND NOT EXISTS (SELECT 1 FROM notifications n WHERE n.study_uid = st.study_uid"
+    " AND n.state = 'pending')")
+"""SQL on ``studies st``: no open or unrouted series, no queued or leased job, no pending delivery or
+notification."""
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration step, split where a statement is complete (a trigger's body keeps
+    its inner semicolons)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n;"):
+        yield pending
+
+
+@dataclass(frozen=True)
+class NotificationRow:
+    """One event (a job done or failed, a study final) on its way to one notification target.
+
+    ``payload`` is the event as JSON text, fixed when the event happened, so every
+    attempt sends the same facts.
+    """
+
+    event_id: str
+    notifier: str
+    trigger: str
+    study_uid: str
+    job_id: str | None
+    payload: str
+    state: str
+    attempts: int
+    next_attempt: float
+    created: float
+    finished: float | None
+    reason: str | None
+
+
+_NOTIFICATION_COLUMNS = ", ".join(f.name for f in fields(NotificationRow))
 
 
 def _key(prefix: str) -> str:
@@ -321,7 +431,7 @@ class Ledger:
                 raise LedgerError(f"{self.path} has schema version {version}; this ScanStream knows up to "
                                   f"{SCHEMA_VERSION} (upgrade ScanStream, or use another data_dir)")
             for step in range(version, SCHEMA_VERSION):
-                for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
+                for statement in _statements(_MIGRATIONS[step]):
                     db.execute(statement)
                 db.execute("DELETE FROM schema_version")
                 db.execute("INSERT INTO schema_version VALUES (?)", (step + 1,))
@@ -345,6 +455,27 @@ class Ledger:
             if job_change:
                 self._job_changes += 1
                 self._job_changed.notify_all()
+
+    def probe_write(self, timeout: float = 2.0) -> str | None:
+        """Take the write lock and change one row, then roll back (waiting at most ``timeout`` for the lock):
+        None when the ledger takes writes, else why not. For readiness: a ledger that cannot be written cannot
+        store or finish anything. Nothing is committed, so the probe does not move the data version that the
+        console's change events watch (a committed probe woke every open page each second)."""
+        with self._lock:
+            try:
+                self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.execute("INSERT INTO totals VALUES ('write_probes', 1)"
+                                         " ON CONFLICT(name) DO UPDATE SET value = value + 1")
+                    finally:
+                        self._db.execute("ROLLBACK")
+                finally:
+                    self._db.execute("PRAGMA busy_timeout = 30000")
+            except sqlite3.Error as exc:
+                return f"cannot be written ({exc})"
+        return None
 
     def job_changes(self) -> int:
         """How many job or delivery state changes were committed since the ledger opened."""
@@ -439,6 +570,64 @@ class Ledger:
                 f" s.expected_count, s.updates, s.completion_reason FROM series s {where}", params).fetchall()
         return [SeriesRow(*row) for row in rows]
 
+    def finished_studies(self, before: float | None = None) -> list[str]:
+        """UIDs of studies whose work is all finished (no open series, no queued or leased job, no pending
+        delivery), last received before ``before`` when given, oldest first: what may be removed."""
+        where, params = ("", ()) if before is None else (" AND st.last_received < ?", (before,))
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                f"SELECT st.study_uid FROM studies st WHERE {_STUDY_FINISHED}{where} ORDER BY st.last_received",
+                params)]
+
+    def remove_study(self, study_uid: str, now: float) -> list[tuple[str, str]] | None:
+        """Delete a finished study's rows and list its files in ``removals``, in one transaction; returns the
+        (path, kind) to remove (spool names as kind "spool", results folders as "results"), or None when the
+        study is unknown or has unfinished work."""
+        with self._tx(job_change=True) as db:
+            if db.execute(f"SELECT 1 FROM studies st WHERE st.study_uid = ? AND {_STUDY_FINISHED}",
+                          (study_uid,)).fetchone() is None:
+                return None
+            series = [r[0] for r in db.execute("SELECT series_uid FROM series WHERE study_uid = ?", (study_uid,))]
+            marks = ",".join("?" * len(series))
+            jobs = [r[0] for r in db.execute(f"SELECT job_id FROM jobs WHERE series_uid IN ({marks})", series)]
+            job_marks = ",".join("?" * len(jobs))
+            files = [(r[0], "spool") for r in db.execute(
+                f"SELECT spool_name FROM instances WHERE series_uid IN ({marks})", series)]
+            files += [(r[0], "results") for r in db.execute(
+                f"SELECT DISTINCT result_dir FROM jobs WHERE job_id IN ({job_marks}) AND result_dir IS NOT NULL",
+                jobs)]
+            db.executemany("INSERT OR IGNORE INTO removals VALUES (?, ?, ?)", [(p, k, now) for p, k in files])
+            db.execute(f"DELETE FROM deliveries WHERE job_id IN ({job_marks})", jobs)
+            db.execute(f"DELETE FROM job_stages WHERE job_id IN ({job_marks})", jobs)
+            db.execute(f"DELETE FROM jobs WHERE job_id IN ({job_marks})", jobs)
+            db.execute(f"DELETE FROM instances WHERE series_uid IN ({marks})", series)
+            db.execute(f"DELETE FROM series WHERE series_uid IN ({marks})", series)
+            db.execute("DELETE FROM notifications WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM studies WHERE study_uid = ?", (study_uid,))
+            return files
+
+    def removals(self) -> list[tuple[str, str]]:
+        """(path, kind) of files a removal listed and that are not confirmed gone yet."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute("SELECT path, kind FROM removals ORDER BY since, path")]
+
+    def removed(self, paths: Sequence[str]) -> None:
+        """Confirm that these listed files are gone."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM removals WHERE path = ?", [(p,) for p in paths])
+
+    def instance_files(self) -> list[tuple[str, str]]:
+        """(series key, spool name) of every stored instance, for ``scanstream verify``."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT s.series_key, i.spool_name FROM instances i JOIN series s USING (series_uid)")]
+
+    def result_folders(self) -> list[tuple[str, str]]:
+        """(job id, results folder) of every done job, for ``scanstream verify``."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT job_id, result_dir FROM jobs WHERE state = 'done' AND result_dir IS NOT NULL")]
+
     def series_instances(self, series_uid: str) -> list[InstanceRow]:
         """The series' instances, ordered along the slice normal where known."""
         with self._lock:
@@ -463,11 +652,26 @@ class Ledger:
                 return 0
             return int(db.execute("SELECT revision FROM series WHERE series_uid = ?", (series_uid,)).fetchone()[0])
 
-    def complete_series_revisions(self) -> list[tuple[str, int]]:
-        """(series UID, revision) of every complete series, for idempotent re-routing at start."""
+    def complete_series_revisions(self, since: float | None = None) -> list[tuple[str, int]]:
+        """(series UID, revision) of every complete series (completed at or after ``since`` when given)."""
+        where, params = ("", ()) if since is None else (" AND completed_at >= ?", (since,))
         with self._lock:
             return [(r[0], r[1]) for r in self._db.execute(
-                "SELECT series_uid, revision FROM series WHERE state = 'complete' ORDER BY completed_at")]
+                f"SELECT series_uid, revision FROM series WHERE state = 'complete'{where} ORDER BY completed_at",
+                params)]
+
+    def unrouted_series_revisions(self) -> list[tuple[str, int]]:
+        """(series UID, revision) of complete series whose revision was never routed (a crash in between)."""
+        with self._lock:
+            return [(r[0], r[1]) for r in self._db.execute(
+                "SELECT series_uid, revision FROM series WHERE state = 'complete' AND routed_revision < revision"
+                " ORDER BY completed_at")]
+
+    def mark_routed(self, series_uid: str, revision: int) -> None:
+        """Record that ``revision`` of the series went through the router (its jobs, if any, are queued)."""
+        with self._tx() as db:
+            db.execute("UPDATE series SET routed_revision = MAX(routed_revision, ?) WHERE series_uid = ?",
+                       (revision, series_uid))
 
     def series_info(self, series_uid: str) -> SeriesInfo:
         """What selectors see of a series (raises KeyError for an unknown series)."""
@@ -505,14 +709,18 @@ class Ledger:
     # -- jobs ----------------------------------------------------------------------------
 
     def create_job(self, series_uid: str, revision: int, model: str, model_version: str, now: float,
-                   priority: int = 0, max_attempts: int = 3) -> str | None:
-        """Queue a job; None when the (series, revision, model, version) job already exists."""
+                   priority: int = 0, max_attempts: int = 3, deliver: bool = True) -> str | None:
+        """Queue a job; None when the (series, revision, model, version) job already exists.
+
+        ``deliver=False`` keeps its results out of the destinations (a backfill not asked to deliver).
+        """
         job_id = uuid.uuid4().hex[:16]
         with self._tx(job_change=True) as db:
             inserted = db.execute(
                 "INSERT OR IGNORE INTO jobs (job_id, series_uid, series_revision, model, model_version, state,"
-                " max_attempts, priority, created) VALUES (?,?,?,?,?, 'queued', ?,?,?)",
-                (job_id, series_uid, revision, model, model_version, max_attempts, priority, now)).rowcount
+                " max_attempts, priority, created, deliver) VALUES (?,?,?,?,?, 'queued', ?,?,?,?)",
+                (job_id, series_uid, revision, model, model_version, max_attempts, priority, now,
+                 int(deliver))).rowcount
         return job_id if inserted else None
 
     def claim_job(self, worker: str, now: float, models: Sequence[str] | None = None,
@@ -567,10 +775,12 @@ class Ledger:
         """The latency ledger of done jobs (newest first, at most ``limit``, or just ``job_ids``)."""
         query = ("SELECT j.job_id, j.model, s.first_received, s.last_received, s.completed_at, j.created,"
                  " j.leased, j.finished, (SELECT MAX(d.finished) FROM deliveries d WHERE d.job_id = j.job_id"
-                 " AND d.state = 'sent') FROM jobs j JOIN series s USING (series_uid) WHERE j.state = 'done'")
+                 " AND d.state = 'sent') FROM jobs j JOIN series s USING (series_uid)")
         params: tuple = ()
-        if job_ids is not None:
-            query += f" AND j.job_id IN ({','.join('?' * len(job_ids))})"
+        if job_ids is None:
+            query += " WHERE j.state = 'done'"
+        else:  # by primary key: "+" keeps the planner off the state index, which walks every done job
+            query += f" WHERE j.job_id IN ({','.join('?' * len(job_ids))}) AND +j.state = 'done'"
             params = tuple(job_ids)
         query += " ORDER BY j.finished DESC LIMIT ?"
         with self._lock:
@@ -616,11 +826,16 @@ class Ledger:
                        (state, reason, warnings, next_attempt, None if state == "pending" else now, job_id,
                         destination))
 
-    def deliveries(self, job_ids: Sequence[str] | None = None) -> list[DeliveryRow]:
-        """Deliveries of ``job_ids`` (every delivery when None), oldest first."""
-        where, params = "", ()
+    def deliveries(self, job_ids: Sequence[str] | None = None, state: str | None = None) -> list[DeliveryRow]:
+        """Deliveries of ``job_ids`` (every delivery when None), in ``state`` when given, oldest first."""
+        clauses, params = [], ()
         if job_ids is not None:
-            where, params = f" WHERE job_id IN ({','.join('?' * len(job_ids))})", tuple(job_ids)
+            clauses.append(f"job_id IN ({','.join('?' * len(job_ids))})")
+            params = tuple(job_ids)
+        if state is not None:
+            clauses.append("state = ?")
+            params += (state,)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries{where} ORDER BY created, job_id,"
                                     " destination", params).fetchall()
@@ -628,8 +843,7 @@ class Ledger:
 
     def delivery_counts(self) -> dict[str, int]:
         """Deliveries per state (every state present, zero included)."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state").fetchall())
+        found = self._totals("deliveries:")
         return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}
 
     def requeue_delivery(self, job_id: str, destination: str, now: float) -> bool:
@@ -641,9 +855,8 @@ class Ledger:
 
     def received_totals(self) -> tuple[int, int]:
         """(instances, bytes) stored so far."""
-        with self._lock:
-            count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM instances").fetchone()
-        return int(count), int(size)
+        totals = self._totals("instance")
+        return int(totals.get("s", 0)), int(totals.get("_bytes", 0))
 
     def fail_job(self, job_id: str, attempt: int, reason: str, retryable: bool, now: float) -> str | None:
         """Requeue a retryable failure with attempts left, else 'failed' (not retryable) or 'dead'
@@ -675,11 +888,39 @@ class Ledger:
         return "queued" if released else None
 
     def requeue(self, job_id: str, now: float) -> bool:
-        """Put a failed or dead-lettered job back in the queue with fresh attempts."""
-        with self._tx() as db:
+        """Put a failed or dead-lettered job back in the queue with fresh attempts, or a leased one whose
+        lease expired (the broker renews the leases its connected workers hold, so it is held by none)."""
+        with self._tx(job_change=True) as db:
             return db.execute("UPDATE jobs SET state = 'queued', attempts = 0, worker = NULL, finished = NULL,"
-                              " reason = 'requeued: ' || COALESCE(reason, '') WHERE job_id = ?"
-                              " AND state IN ('failed', 'dead')", (job_id,)).rowcount == 1
+                              " lease_expires = NULL, reason = 'requeued: ' || COALESCE(reason, '') WHERE job_id = ?"
+                              " AND (state IN ('failed', 'dead') OR (state = 'leased' AND"
+                              " (lease_expires IS NULL OR lease_expires < ?)))", (job_id, now)).rowcount == 1
+
+    def reap_leases(self, held: Collection[str], now: float, lease_seconds: float) -> list[tuple[str, str]]:
+        """Renew the leases of ``held`` jobs (those a connected worker holds) and take back every other
+        lease past ``lease_expires``: queued again, or dead-lettered after max attempts.
+
+        Returns (job id, new state) of each lease taken back. A lease is renewed once less
+        than half of it is left, so a pass writes nothing while every lease is fresh.
+        """
+        held, holding = tuple(held), set(held)
+        renew_before = now + lease_seconds / 2
+        with self._tx(job_change=True) as db:
+            if held:
+                db.execute(f"UPDATE jobs SET lease_expires = ? WHERE state = 'leased' AND job_id IN"
+                           f" ({','.join('?' * len(held))}) AND (lease_expires IS NULL OR lease_expires < ?)",
+                           (now + lease_seconds, *held, renew_before))
+            expired = [row for row in db.execute(
+                "SELECT job_id, attempts, max_attempts FROM jobs WHERE state = 'leased'"
+                " AND (lease_expires IS NULL OR lease_expires < ?)", (now,)).fetchall() if row[0] not in holding]
+            taken: list[tuple[str, str]] = []
+            for job_id, attempts, max_attempts in expired:
+                state = "queued" if attempts < max_attempts else "dead"
+                db.execute("UPDATE jobs SET state = ?, reason = ?, worker = NULL, lease_expires = NULL,"
+                           " finished = ? WHERE job_id = ?",
+                           (state, LEASE_EXPIRED, None if state == "queued" else now, job_id))
+                taken.append((job_id, state))
+            return taken
 
     def requeue_leased_on_start(self) -> int:
         """Jobs leased when the receiver stopped go back to the queue; returns how many."""
@@ -717,9 +958,15 @@ class Ledger:
 
     def job_counts(self) -> dict[str, int]:
         """Jobs per state (every state present, zero included)."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+        found = self._totals("jobs:")
         return {state: int(found.get(state, 0)) for state in JOB_STATES}
+
+    def _totals(self, prefix: str) -> dict[str, int]:
+        """The trigger-kept totals whose name starts with ``prefix``, by the rest of their name."""
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM totals WHERE name >= ? AND name < ?",
+                                    (prefix, prefix + "\uffff")).fetchall()
+        return {name[len(prefix):]: int(value) for name, value in rows}
 
     def status_counts(self) -> dict[str, int]:
         """What ``scanstream status`` shows: studies, series, instances, queue depth and job states."""
@@ -727,13 +974,68 @@ class Ledger:
         with self._lock:
             studies = self._db.execute("SELECT COUNT(*) FROM studies").fetchone()[0]
             series = dict(self._db.execute("SELECT state, COUNT(*) FROM series GROUP BY state").fetchall())
-            instances = self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
             unrouted = self._db.execute("SELECT COUNT(*) FROM series s WHERE s.state = 'complete' AND NOT EXISTS"
                                         " (SELECT 1 FROM jobs j WHERE j.series_uid = s.series_uid)").fetchone()[0]
         deliveries = self.delivery_counts()
+        instances = self.received_totals()[0]
+        notifications = self.notification_counts()
         return {"studies": studies, "series open": series.get("open", 0),
                 "series complete": series.get("complete", 0), "series unrouted": unrouted, "instances": instances,
                 "queue depth": jobs["queued"], "in flight": jobs["leased"], "done": jobs["done"],
                 "failed": jobs["failed"], "dead-lettered": jobs["dead"],
                 "deliveries pending": deliveries["pending"], "deliveries sent": deliveries["sent"],
-                "deliveries failed": deliveries["failed"]}
+                "deliveries failed": deliveries["failed"],
+                "notifications pending": notifications["pending"], "notifications sent": notifications["sent"],
+                "notifications failed": notifications["failed"]}
+
+    # -- notifications ---------------------------------------------------------------------
+
+    def add_notifications(self, event_id: str, trigger: str, study_uid: str, job_id: str | None, payload: str,
+                          notifiers: Sequence[str], now: float) -> int:
+        """Queue one event for ``notifiers`` (an event already queued is not queued twice); returns how many."""
+        with self._tx(job_change=True) as db:
+            return db.executemany(
+                "INSERT OR IGNORE INTO notifications (event_id, notifier, trigger, study_uid, job_id, payload, state,"
+                " next_attempt, created) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                [(event_id, name, trigger, study_uid, job_id, payload, now, now) for name in notifiers]).rowcount
+
+    def due_notifications(self, now: float, limit: int = 32) -> list[NotificationRow]:
+        """Pending notifications whose next attempt is due, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE state = 'pending'"
+                                    " AND next_attempt <= ? ORDER BY next_attempt, created LIMIT ?",
+                                    (now, limit)).fetchall()
+        return [NotificationRow(*row) for row in rows]
+
+    def next_notification_due(self) -> float | None:
+        """When the earliest pending notification is due (epoch seconds), or None."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(next_attempt) FROM notifications WHERE state = 'pending'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def record_notification(self, event_id: str, notifier: str, state: str, now: float, *,
+                            reason: str | None = None, next_attempt: float | None = None) -> None:
+        """Record one attempt: ``sent`` or ``failed`` (final), or ``pending`` again at ``next_attempt``."""
+        if state not in DELIVERY_STATES:
+            raise ValueError(f"unknown notification state {state!r}")
+        with self._tx(job_change=True) as db:
+            db.execute("UPDATE notifications SET state = ?, attempts = attempts + 1, reason = ?,"
+                       " next_attempt = COALESCE(?, next_attempt), finished = ? WHERE event_id = ? AND notifier = ?",
+                       (state, reason, next_attempt, None if state == "pending" else now, event_id, notifier))
+
+    def notifications(self, study_uid: str | None = None, state: str | None = None) -> list[NotificationRow]:
+        """Notifications of one study (every one when None), in ``state`` when given, oldest first."""
+        clauses = [(column, value) for column, value in (("study_uid", study_uid), ("state", state))
+                   if value is not None]
+        where = " WHERE " + " AND ".join(f"{column} = ?" for column, _ in clauses) if clauses else ""
+        params = tuple(value for _, value in clauses)
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications{where}"
+                                    " ORDER BY created, event_id, notifier", params).fetchall()
+        return [NotificationRow(*row) for row in rows]
+
+    def notification_counts(self) -> dict[str, int]:
+        """Notifications per state (every state present, zero included)."""
+        with self._lock:
+            found = dict(self._db.execute("SELECT state, COUNT(*) FROM notifications GROUP BY state").fetchall())
+        return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}

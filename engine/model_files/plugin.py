@@ -23,6 +23,7 @@ from engine.config import EngineConfig
 from engine.config.entries import ModelEntryConfig
 from engine.kernels.cpu import resize_slices, run_slice_plan
 from engine.kernels.plan import Intensity, SlicePlan
+from engine.model_files.volumetric import VolumetricHandler
 
 OUTPUTS_BY_FAMILY = {
     "segmentation": ("result_json", "seg", "preview"),
@@ -113,7 +114,7 @@ class EntryHandler:
         summary = f"{self.entry.name}: " + (", ".join(f"{f.label} {f.volume_ml:.2f} ml" for f in findings)
                                             or "nothing segmented")
         return ModelResult(summary=summary, findings=findings, label_map=label_map,
-                           segment_labels=list(self.entry.labels))
+                           segment_labels=list(self.entry.labels), segment_codes=self.entry.segment_codes())
 
     def _classification(self, logits: torch.Tensor) -> ModelResult:
         study = torch.sigmoid(logits.reshape(logits.shape[0], -1)).max(dim=0).values
@@ -174,6 +175,11 @@ def expected_output(entry: ModelEntryConfig) -> tuple[int, ...]:
     """The output shape (batch 1) the entry's family requires; -1 where any size goes."""
     height, width = entry.preprocessing.size
     labels = len(entry.labels)
+    if entry.volumetric is not None:
+        if entry.output == "classification":
+            return (1, labels)
+        channels = 1 if labels == 1 and not entry.volumetric.background_channel else labels + 1
+        return (1, channels, *entry.volumetric.roi_size)
     if entry.output == "segmentation":
         return (1, 1 if labels == 1 else labels + 1, height, width)
     if entry.output == "classification":
@@ -191,9 +197,11 @@ def _shape_fits(found: tuple[int | str | None, ...], wanted: tuple[int, ...], wh
         def text(shape: tuple) -> str:
             return "(" + ", ".join(str(n) if isinstance(n, int) and n != -1 else "?" for n in shape) + ")"
 
+        size = (f"volumetric.roi_size {list(entry.volumetric.roi_size)}" if entry.volumetric is not None
+                else f"size {list(entry.preprocessing.size)}")
         raise PluginError(f"models entry {entry.name!r}: {what} shape {text(found)} does not fit output "
-                          f"{entry.output!r} with {len(entry.labels)} label(s) and size "
-                          f"{list(entry.preprocessing.size)}; expected {text(wanted)}")
+                          f"{entry.output!r} with {len(entry.labels)} label(s) and {size}; "
+                          f"expected {text(wanted)}")
 
 
 def _onnx_dims(value: Any) -> tuple[int | str | None, ...]:
@@ -205,8 +213,7 @@ def check_entry_file(entry: ModelEntryConfig) -> None:
     """The file exists and its shapes fit the entry; :class:`PluginError` naming the entry otherwise."""
     if not entry.file.is_file():
         raise PluginError(f"models entry {entry.name!r}: file {entry.file} does not exist")
-    height, width = entry.preprocessing.size
-    channels = entry.preprocessing.channels
+    example = input_example(entry)
     if entry.is_onnx:
         import onnx
         from google.protobuf.message import DecodeError
@@ -221,18 +228,43 @@ def check_entry_file(entry: ModelEntryConfig) -> None:
         if len(inputs) != 1 or not graph.output:
             raise PluginError(f"models entry {entry.name!r}: the graph must have one input and an output, "
                               f"has {len(inputs)} input(s), {len(graph.output)} output(s)")
-        _shape_fits(_onnx_dims(inputs[0]), (1, channels, height, width), "input", entry)
+        _shape_fits(_onnx_dims(inputs[0]), example, "input", entry)
         _shape_fits(_onnx_dims(graph.output[0]), expected_output(entry), "output", entry)
         return
     network = load_torchscript(entry)
     with torch.inference_mode():
         try:
-            output = network(torch.zeros(1, channels, height, width))
+            output = network(torch.zeros(example))
         except RuntimeError as error:
-            raise PluginError(f"models entry {entry.name!r}: the network does not take input (1, {channels}, "
-                              f"{height}, {width}): {str(error).splitlines()[0]}") from None
+            raise PluginError(f"models entry {entry.name!r}: the network does not take input {tuple(example)} "
+                              f"({_input_source(entry)}): {_interpreter_error(error)}") from None
     output = output[0] if isinstance(output, (tuple, list)) else output
     _shape_fits(tuple(int(n) for n in output.shape), expected_output(entry), "output", entry)
+
+
+def _interpreter_error(error: RuntimeError) -> str:
+    """The message of a TorchScript interpreter failure (its last line), not the trace above it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    return last.split(": ", 1)[1] if re.match(r"^[A-Za-z]*Error: ", last) else last
+
+
+def _input_source(entry: ModelEntryConfig) -> str:
+    """Where the input shape comes from, in config keys."""
+    if entry.volumetric is not None:
+        return f"1 channel, volumetric.roi_size {list(entry.volumetric.roi_size)}"
+    pre = entry.preprocessing
+    return (f"C = 2 x preprocessing.context_slices + 1 = {pre.channels}, preprocessing.size {list(pre.size)}")
+
+
+def input_example(entry: ModelEntryConfig) -> tuple[int, ...]:
+    """One item's input shape with batch 1: (1, C, H, W), or (1, 1, D, H, W) for a volumetric entry."""
+    if entry.volumetric is not None:
+        return (1, 1, *entry.volumetric.roi_size)
+    height, width = entry.preprocessing.size
+    return (1, entry.preprocessing.channels, height, width)
 
 
 def load_torchscript(entry: ModelEntryConfig) -> torch.nn.Module:
@@ -246,18 +278,16 @@ def load_torchscript(entry: ModelEntryConfig) -> torch.nn.Module:
 
 def spec_for(entry: ModelEntryConfig) -> ModelSpec:
     """The :class:`ModelSpec` of one checked entry."""
-    height, width = entry.preprocessing.size
-    channels = entry.preprocessing.channels
     return ModelSpec(
         name=entry.name,
         version=entry.version,
         description=entry.description or f"{entry.output} model from {entry.file.name} (configured)",
         selector=EntrySelector(entry),
         load_network=None if entry.is_onnx else (lambda: load_torchscript(entry)),
-        handler=EntryHandler(entry),
+        handler=VolumetricHandler(entry) if entry.volumetric is not None else EntryHandler(entry),
         outputs=OUTPUTS_BY_FAMILY[entry.output],
         max_batch=entry.max_batch,
-        input_shape=(channels, height, width) if entry.is_onnx else (),
+        input_shape=input_example(entry)[1:] if entry.is_onnx else (),
         onnx_file=str(entry.file) if entry.is_onnx else "",
     )
 
@@ -266,5 +296,15 @@ def spec_for(entry: ModelEntryConfig) -> ModelSpec:
 def scanstream_register_models(registry: ModelRegistry, config: EngineConfig) -> None:
     """Register every ``[[models]]`` entry after checking its file."""
     for entry in config.models:
+        entry = resolved(entry)
         check_entry_file(entry)
         registry.add(spec_for(entry))
+
+
+def resolved(entry: ModelEntryConfig) -> ModelEntryConfig:
+    """The entry as run: a MONAI Bundle's entry read into file, labels and plan; others as given."""
+    if entry.bundle is None:
+        return entry
+    from engine.model_files.bundle import bundle_entry
+
+    return bundle_entry(entry)

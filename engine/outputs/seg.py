@@ -26,7 +26,7 @@ from engine import __version__
 from engine.api import Artifact, ModelResult, ModelSpec, PluginError, Volume
 from engine.dicom.encode import item, part10_with_elements, sequence, uid_element
 from engine.dicom.sources import source_header
-from engine.outputs.sr import FINDING_TYPES
+from engine.outputs.segment_codes import segment_coding
 from engine.outputs.uids import result_series_number, result_uid
 
 REFERENCED_SERIES_SEQUENCE = 0x00081115
@@ -45,12 +45,13 @@ def _segment_descriptions(result: ModelResult, spec: ModelSpec) -> list[hd.seg.S
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=label,
-            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-            segmented_property_type=FINDING_TYPES.get(label.lower(), codes.SCT.Lesion),
+            segmented_property_category=category,
+            segmented_property_type=kind,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
         )
         for number, label in enumerate(result.segment_labels, start=1)
+        for category, kind in [segment_coding(label, result.segment_codes)]
     ]
 
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from engine.api import OutputRegistry, PluginError
 from engine.config import EngineConfig
 from engine.logs import get_logger
+from engine.model_files.plugin import check_entry_file, resolved, spec_for
 from engine.plugin_check.loading import RecordingModels, call_impls, hook_problems, load_all
 from engine.plugin_check.model_checks import ModelChecker
 from engine.plugin_check.phantoms import PhantomCache
 from engine.plugin_check.report import FAIL, PASS, Check, PluginReport
 
 log = get_logger(__name__)
+MODEL_FILES_PLUGIN = "engine.model_files.plugin"  # the built-in plugin of [[models]] entries
 
 
 def check_plugin(name: str, config: EngineConfig, *, export: bool = False,
@@ -31,7 +33,19 @@ def check_plugin(name: str, config: EngineConfig, *, export: bool = False,
         for spec in recorder.specs:
             owners.setdefault(spec.name, []).append(plugin)
     only_model: str | None = None
-    if name in loaded.sources:
+    entries = {entry.name: entry for entry in config.models}
+    if name in entries and MODEL_FILES_PLUGIN in loaded.objects:
+        # One [[models]] entry: its own fault, not the first bad entry's (the plugin stops at that one).
+        plugin, only_model = MODEL_FILES_PLUGIN, name
+        recorders[plugin] = RecordingModels()
+        try:
+            entry = resolved(entries[name])
+            check_entry_file(entry)
+            recorders[plugin].add(spec_for(entry))
+            model_errors.pop(plugin, None)
+        except PluginError as error:
+            model_errors[plugin] = f"scanstream_register_models: {error}"
+    elif name in loaded.sources:
         plugin = name
     elif name in owners:
         plugin, only_model = owners[name][0], name

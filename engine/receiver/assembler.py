@@ -127,6 +127,10 @@ class Assembler:
             except Exception:  # noqa: BLE001 - the ticker must outlive one failing series or router; logged
                 log.error("assembler.tick_failed", exc_info=True)
 
+    def alive(self) -> bool:
+        """Whether the ticking thread runs."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
     def stop(self) -> None:
         """Stop the ticking thread (waits for a tick in progress)."""
         self._stop.set()

@@ -171,6 +171,15 @@ class ReceiverSCP:
         self._lock = threading.Lock()
         self._active: set[Association] = set()
 
+    def disk_low(self) -> bool:
+        """Whether the spool's disk is below ``min_free_bytes`` (new associations are refused; STOW too)."""
+        return self._disk.is_low()
+
+    @property
+    def store_handler(self) -> StoreHandler:
+        """The C-STORE handler (STOW-RS stores through it too: same checks, caps and durability)."""
+        return self._handler
+
     @property
     def port(self) -> int:
         """The bound plain port (the real one when started with port 0)."""

@@ -119,6 +119,13 @@ class Spool:
         size = len(data)
         return SpoolEntry(name=name, size=size, sha256=hashlib.sha256(dataset).hexdigest())
 
+    def has(self, name: str) -> bool:
+        """Whether the instance file is on disk (a name that is not a spool name never is)."""
+        try:
+            return self.path(name).is_file()
+        except SpoolError:
+            return False
+
     def read(self, name: str) -> bytes:
         """The whole Part-10 file (from memory when it was stored recently)."""
         path = self.path(name)

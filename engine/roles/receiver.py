@@ -1,4 +1,5 @@
-"""The receiver role, wired from config: SCP, spool, ledger, assembler, router, broker, delivery, HTTP.
+"""The receiver role, wired from config: SCP, spool, ledger, assembler, router, broker, delivery,
+notifications, HTTP.
 
 ``ReceiverRole`` owns everything stateful on the receiving host.
 """
@@ -6,7 +7,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -17,21 +18,28 @@ from engine.ledger.latency import DELIVERY_STAGES, StageHistograms
 from engine.ledger.store import Ledger
 from engine.ledger.study_report import study_report
 from engine.logs import get_logger
+from engine.notify.registry import StudyFacts
+from engine.notify.service import NotificationService
 from engine.outputs.store import ResultStore
 from engine.plugins import LoadedPlugins
 from engine.receiver.assembler import Assembler
 from engine.receiver.audit import AuditTrail
 from engine.receiver.dispatch import LedgerJobSource
-from engine.receiver.router import Router
+from engine.receiver.router import Router, backfill
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
+from engine.roles.health import HealthMonitor
+from engine.receiver.stow import StowStore
 from engine.roles.memory import freeze_startup_objects
 from engine.web.app import create_app
 from engine.web.auth.store import AccessStore
 from engine.web.console import Console
-from engine.web.metrics import StatusCollector
+from engine.web.dicomweb import stow_router
+from engine.web.metrics import StatusCollector, StorageCollector
 from engine.web.models_view import ModelCatalogue
 from engine.web.server import WebServer, tls_context
+from engine.web.queries import LedgerReader
+from engine.web.study_headers import StudyHeaders
 
 log = get_logger(__name__)
 
@@ -51,10 +59,15 @@ class ReceiverRole:
         self.metrics = CollectorRegistry()
         self.histograms = StageHistograms(self.metrics)
         self.delivery = DeliveryService(self.ledger, config.destinations, on_sent=self._delivered)
+        self._headers = StudyHeaders(self.spool, LedgerReader(storage.ledger_path).first_instance)
+        self.notifications = NotificationService(self.ledger, config.notifications, plugins.notifiers,
+                                                 facts=self._study_facts)
         self.broker = Broker(
             config.broker.bind,
             LedgerJobSource(self.ledger, self.spool, self.results, self.histograms,
-                            deliveries=self.delivery.destinations_for, on_done=self.delivery.wake),
+                            deliveries=self.delivery.destinations_for, on_done=self.delivery.wake,
+                            on_finished=self.notifications.job_finished,
+                            lease_seconds=config.broker.lease_timeout_s),
             heartbeat_interval=config.broker.heartbeat_interval_s,
             liveness=config.broker.heartbeat_liveness,
             curve=config.broker.curve(),
@@ -88,12 +101,33 @@ class ReceiverRole:
             plain=receiver.plain_enabled,
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
-                                              self.ledger.received_totals, self.ledger.delivery_counts))
+                                              self.ledger.received_totals, self.ledger.delivery_counts,
+                                              self.ledger.notification_counts))
+        self.metrics.register(StorageCollector(lambda: self.ledger.received_totals()[1], storage.ledger_path,
+                                               storage.data_dir))
         self.access = AccessStore(storage.users_path)
-        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins)), config.http.host,
+        stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes,
+                           self.scp.disk_low)
+        self.http = WebServer(create_app(self.metrics, self.ready, self._console(plugins), [stow]), config.http.host,
                               config.http.port, tls=tls_context(config),
                               forwarded_allow_ips=config.http.forwarded_allow_ips)
         self._started = False
+        self.health = HealthMonitor([
+            ("broker", lambda: None if self.broker.alive() else "thread stopped"),
+            ("delivery", lambda: None if self.delivery.alive() else "thread stopped"),
+            ("assembler", lambda: None if self.assembler.alive() else "thread stopped"),
+            ("ledger", self.ledger.probe_write),
+        ], self._fatal, exit_after=config.receiver.unhealthy_exit_s)
+        self._on_fatal: Callable[[], object] = lambda: None
+
+    def _fatal(self) -> None:
+        """A part stayed dead past ``receiver.unhealthy_exit_s``: ask the process to stop (and exit non-zero)."""
+        self._on_fatal()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the receiver gave up on a dead part (the process should exit non-zero)."""
+        return self.health.fatal
 
     def _console(self, plugins: LoadedPlugins) -> Console:
         """What the operations console reads and acts on."""
@@ -106,6 +140,12 @@ class ReceiverRole:
         """A job's results reached a destination: add the delivery stages to the histograms."""
         for timeline in self.ledger.timelines([job_id]):
             self.histograms.observe(timeline, DELIVERY_STAGES)
+        self.notifications.wake()
+
+    def _study_facts(self, study_uid: str) -> StudyFacts:
+        """Patient id, name and accession number from the study's stored header (HL7 PID/OBR), never logged."""
+        header = self._headers.get(study_uid)
+        return StudyFacts(header.patient_id, header.patient_name, header.accession_number)
 
     def _instance_stored(self, series_uid: str) -> None:
         self.assembler.check(series_uid, time.time())
@@ -133,19 +173,30 @@ class ReceiverRole:
         return self.ledger.job_counts()
 
     def ready(self) -> list[str]:
-        """The parts that are not healthy (empty: ready); until every part has started, the receiver itself."""
-        return [] if self._started else ["receiver: starting or stopping"]
+        """The parts that are not healthy (empty: ready), as the health monitor last found them; until every
+        part has started, the receiver itself."""
+        return self.health.problems() if self._started else ["receiver: starting or stopping"]
 
-    def start(self) -> None:
-        """Recover from the ledger, start broker, assembler and HTTP, and the SCP last."""
+    def start(self, on_fatal: Callable[[], object] | None = None) -> None:
+        """Recover from the ledger, start broker, assembler and HTTP, and the SCP last.
+
+        ``on_fatal`` is called once when a part stays dead past ``receiver.unhealthy_exit_s``.
+        """
+        if on_fatal is not None:
+            self._on_fatal = on_fatal
         requeued = self.ledger.requeue_leased_on_start()
         self.broker.start()
-        for series_uid, revision in self.ledger.complete_series_revisions():
+        for series_uid, revision in self.ledger.unrouted_series_revisions():  # a crash between complete and route
             self.router.route(series_uid, revision)
+        since = self.config.routing.backfill_since
+        if since is not None:
+            backfill(self.ledger, self.router, since, deliver=self.config.routing.backfill_deliver)
         self.assembler.start(tick=self.config.assembler.tick_s)
         self.delivery.start()
+        self.notifications.start()
         self.http.start()
         self.scp.start()
+        self.health.start()
         self._started = True
         freeze_startup_objects()
         log.info("receiver.started", ae_title=self.config.receiver.ae_title, port=self.scp.port,
@@ -155,10 +206,12 @@ class ReceiverRole:
     def stop(self) -> None:
         """Stop accepting, then stop the rest; the ledger is left consistent."""
         self._started = False
+        self.health.stop()
         self.scp.stop()
         self.assembler.stop()
         self.broker.stop()
         self.delivery.stop()
+        self.notifications.stop()
         self.http.stop()
         self.access.close()
         self.ledger.close()

@@ -8,6 +8,7 @@ modality by C-STORE, and list what it holds.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 from engine.testing.ports import free_port
 
 ORTHANC_BINARY = "Orthanc"
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian's orthanc-dicomweb
 
 
 def _openssl(folder: Path, *args: str) -> None:
@@ -66,6 +68,9 @@ class OrthancPeer:
     ae_title: str = "ORTHANC"
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     dicom_port: int = 0  # 0: a free port
+    dicomweb: bool = False  # load the DICOMweb plugin: STOW-RS, QIDO-RS, WADO-RS under /dicom-web/
+    users: dict[str, str] = field(default_factory=dict)  # HTTP basic auth users; empty: no authentication
+    dicomweb_servers: dict[str, dict[str, Any]] = field(default_factory=dict)  # DicomWeb.Servers (STOW targets)
 
     def __post_init__(self) -> None:
         self.dicom_port = self.dicom_port or free_port()
@@ -74,13 +79,16 @@ class OrthancPeer:
         self.log_path = self.folder / "orthanc.log"
 
     def config(self) -> dict[str, Any]:
-        """The Orthanc configuration written for this run (no authentication: loopback only)."""
+        """The Orthanc configuration written for this run (loopback only; basic auth when ``users`` are given)."""
         return {
             "Name": "scanstream-test-pacs", "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "index"), "DicomAet": self.ae_title, "DicomPort": self.dicom_port,
             "HttpPort": self.http_port, "HttpBindAddress": "127.0.0.1", "DicomBindAddress": "127.0.0.1",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "Plugins": [], "StableAge": 3600,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": dict(self.users), "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "StableAge": 3600,
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/", "Servers": dict(self.dicomweb_servers)},
             "DicomModalities": {name: list(peer) for name, peer in self.modalities.items()},
             "DicomScuTimeout": 30,
         }
@@ -108,6 +116,11 @@ class OrthancPeer:
         self.stop()
         raise PeerError(f"Orthanc did not answer in {timeout} s:\n{self.log_tail()}")
 
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb base URL (with ``dicomweb``)."""
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
     def log_tail(self, lines: int = 30) -> str:
         """The end of Orthanc's log."""
         if not self.log_path.exists():
@@ -116,8 +129,12 @@ class OrthancPeer:
 
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
                  timeout: float = 60.0) -> Any:
+        headers = {"Content-Type": content_type} if body is not None else {}
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method,
-                                         headers={"Content-Type": content_type} if body is not None else {})
+                                         headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 data = response.read()
@@ -142,6 +159,11 @@ class OrthancPeer:
     def push_study(self, modality: str, study_uid: str) -> None:
         """C-STORE one study to a configured modality (Orthanc as the modality sending)."""
         self.post(f"/modalities/{modality}/store", {"Resources": [self.study_id(study_uid)], "Synchronous": True})
+
+    def stow_study(self, server: str, study_uid: str) -> Any:
+        """Send one study by STOW-RS to a configured DICOMweb server (Orthanc as the STOW client)."""
+        return self.post(f"/dicom-web/servers/{server}/stow", {"Resources": [self.study_id(study_uid)],
+                                                               "Synchronous": True})
 
     def study_id(self, study_uid: str) -> str:
         """Orthanc's id of the study with this Study Instance UID (PeerError when absent)."""

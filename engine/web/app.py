@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import quote
 
 import swagger_ui_bundle
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -69,7 +70,7 @@ class SecurityHeaders:
 
 
 def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") and request.url.path != "/api/docs"
+    return request.url.path.startswith(("/api/", "/dicomweb/")) and request.url.path != "/api/docs"
 
 
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -111,8 +112,12 @@ def _add_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="/static/favicon.svg")
 
 
-def create_app(registry: CollectorRegistry, ready: Readiness, console: Console | None = None) -> FastAPI:
-    """The application; without ``console`` only /healthz, /readyz and /metrics (what probes and scrapers need)."""
+def create_app(registry: CollectorRegistry, ready: Readiness, console: Console | None = None,
+               signed_in_routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The application; without ``console`` only /healthz, /readyz and /metrics (what probes and scrapers need).
+
+    ``signed_in_routers`` (DICOMweb) join the console's routes; they need its users, so only with ``console``.
+    """
     app = FastAPI(title="ScanStream", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   description="The operations console's API. Every route needs a signed-in user: a browser "
                               "session, or `Authorization: Bearer <token>` (`scanstream users token NAME`).")
@@ -126,7 +131,7 @@ def create_app(registry: CollectorRegistry, ready: Readiness, console: Console |
         _add_docs(app)
         app.include_router(auth_routes.router)
         for router in (studies.router, jobs.router, deliveries.router, overview.router, events.router,
-                       pages.router, pages.actions):
+                       pages.router, pages.actions, *signed_in_routers):
             app.include_router(router)
     app.add_middleware(SecurityHeaders)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Callable, Iterator
 
 from fastapi import APIRouter
@@ -16,11 +18,13 @@ class StatusCollector(Collector):
 
     def __init__(self, job_counts: Callable[[], dict[str, int]], workers: Callable[[], int],
                  received: Callable[[], tuple[int, int]] | None = None,
-                 deliveries: Callable[[], dict[str, int]] | None = None) -> None:
+                 deliveries: Callable[[], dict[str, int]] | None = None,
+                 notifications: Callable[[], dict[str, int]] | None = None) -> None:
         self._job_counts = job_counts
         self._workers = workers
         self._received = received
         self._deliveries = deliveries
+        self._notifications = notifications
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         counts = self._job_counts()
@@ -43,6 +47,13 @@ class StatusCollector(Collector):
             for state, count in sorted(self._deliveries().items()):
                 deliveries.add_metric([state], count)
             yield deliveries
+        if self._notifications is not None:
+            notifications = GaugeMetricFamily("scanstream_notifications",
+                                              "Notifications (webhook, HL7) of job and study events by state",
+                                              labels=["state"])
+            for state, count in sorted(self._notifications().items()):
+                notifications.add_metric([state], count)
+            yield notifications
 
 
 def metrics_router(registry: CollectorRegistry) -> APIRouter:
@@ -55,3 +66,22 @@ def metrics_router(registry: CollectorRegistry) -> APIRouter:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
+
+
+class StorageCollector(Collector):
+    """Disk use at scrape time: the spool's bytes (the ledger's kept total of stored instances), the ledger's
+    files (with its WAL), and the free bytes of the data folder's volume."""
+
+    def __init__(self, spool_bytes: Callable[[], int], ledger_path: Path, data_dir: Path) -> None:
+        self._spool_bytes = spool_bytes
+        self._ledger_files = [ledger_path, ledger_path.with_name(ledger_path.name + "-wal"),
+                              ledger_path.with_name(ledger_path.name + "-shm")]
+        self._data_dir = data_dir
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("scanstream_spool_bytes", "Bytes of the stored instances in the spool",
+                                value=self._spool_bytes())
+        yield GaugeMetricFamily("scanstream_ledger_bytes", "Bytes of the ledger's files (database, WAL)",
+                                value=sum(path.stat().st_size for path in self._ledger_files if path.exists()))
+        yield GaugeMetricFamily("scanstream_free_bytes", "Free bytes on the data folder's volume",
+                                value=shutil.disk_usage(self._data_dir).free)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 
 from engine.api import ModelRegistry, ModelSpec, Selector, SeriesInfo
 from engine.config import WorkerConfig
+from engine.receiver.router import run_selector
 
 
 def describe_selector(selector: Selector) -> str:
@@ -56,13 +57,16 @@ def why_unrouted(info: SeriesInfo, models: Sequence[ModelSpec], enabled: Sequenc
     """For each model loaded now, why it made no job of the series."""
     reasons = []
     for spec in models:
-        if not spec.selector(info):  # as the router calls it: a selector that raises fails this page as it did routing
+        taken, error = run_selector(spec, info)  # as the router calls it
+        if error:
+            reasons.append(f"{spec.name}: its selector raised {error}")
+        elif not taken:
             reasons.append(f"{spec.name}: its selector does not take it ({describe_selector(spec.selector)})")
         elif enabled and spec.name not in enabled:
             reasons.append(f"{spec.name}: would take it, but routing.models leaves it out")
         else:
-            reasons.append(f"{spec.name}: takes it now (the series completed before this model was loaded; it "
-                           "is routed at the next start or revision)")
+            reasons.append(f"{spec.name}: takes it now (the series completed before this model was loaded; "
+                           f"`scanstream backfill {spec.name} --since DATE` runs it, or a new revision)")
     return reasons or ["no model is loaded"]
 
 

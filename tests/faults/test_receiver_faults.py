@@ -8,7 +8,6 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -16,6 +15,7 @@ import pytest
 
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
+from engine.testing.waiting import wait_until
 
 
 def echo(port: int) -> bool:
@@ -57,10 +57,12 @@ def test_receiver_killed_mid_association_keeps_every_acknowledged_instance(tmp_p
                                    *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ledger = tmp_path / "data" / "ledger.sqlite"
-        deadline = time.monotonic() + 60
-        while len(stored_instances(ledger)) < 20:
-            assert time.monotonic() < deadline and sender.poll() is None, "association ended too early"
-            time.sleep(0.01)
+
+        def twenty_stored() -> bool:
+            assert sender.poll() is None, "the association ended before the receiver was killed"
+            return len(stored_instances(ledger)) >= 20
+
+        wait_until(twenty_stored, "20 instances stored", interval=0.01)
         engine.process.kill()  # SIGKILL: no cleanup at all; its worker notices and exits
         output, _ = sender.communicate(timeout=60)
         assert sender.returncode != 0  # the association died with the receiver
@@ -150,13 +152,12 @@ def test_an_association_aborted_mid_instance_leaves_no_partial_trace(tmp_path: P
         sender = subprocess.Popen(["storescu", "-aec", "SCANSTREAM", "127.0.0.1", str(engine.port), str(path)],
                                   env={**os.environ, "TCP_NODELAY": "1"}, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
+        wait_until(lambda: "assoc.accepted" in engine.log_tail(200), "the sender's association accepted",
+                   detail=engine.log_tail)
         sender.kill()  # the TCP connection drops, most likely mid-instance
         sender.wait()
-        deadline = time.monotonic() + 30
-        while "assoc.aborted" not in engine.log_tail(200) and "assoc.released" not in engine.log_tail(200):
-            assert time.monotonic() < deadline, engine.log_tail()
-            time.sleep(0.1)
+        wait_until(lambda: any(event in engine.log_tail(200) for event in ("assoc.aborted", "assoc.released")),
+                   "the dropped association ended in the receiver's log", detail=engine.log_tail)
         assert echo(engine.port) and engine.process.poll() is None
         with sqlite3.connect(tmp_path / "data" / "ledger.sqlite") as db:
             rows = db.execute("SELECT spool_name, size FROM instances").fetchall()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import broker_queue, latency, overhead, receive_compare, scaling, soak
+from benchmarks import broker_queue, latency, ledger_scale, overhead, receive_compare, scaling, soak
 
 
 @pytest.mark.parametrize("module, keys", [
@@ -17,6 +17,7 @@ from benchmarks import broker_queue, latency, overhead, receive_compare, scaling
     (soak, {"rss_samples", "rss_growth_mb", "loss"}),
     (receive_compare, {"results", "ratio_vs_dcmtk", "skipped"}),
     (broker_queue, {"round_trip_median_s", "study_mb_s", "raw_socket_mb_s", "ratio"}),
+    (ledger_scale, {"sizes", "rows"}),
 ])
 def test_engine_benchmark_runs(module, keys: set[str], tmp_path: Path) -> None:
     assert module.main(["--quick", "--out", str(tmp_path)]) == 0

@@ -193,15 +193,20 @@ def test_a_dead_job_is_requeued_by_an_operator_only_and_succeeds(engine: EngineP
         ".then(r => done(r.status), e => done(String(e)));", job_id)
     assert status == 403 and engine_job(engine, job_id)["state"] == "dead"
     browser.find_element(By.CSS_SELECTOR, "form.signout button").click()
+    wait_for(browser, lambda d: d.current_url.endswith("/login") and d.find_elements(By.ID, "username"),
+             "the sign-in page after signing out")  # before the next sign-in, which the late redirect would undo
 
     sign_in(browser, engine, TEST_USER, TEST_PASSWORD, f"/studies/{key}")
     engine.flag.unlink()  # type: ignore[attr-defined]
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"button[aria-label='Requeue job {job_id}']"),
              "the operator's Requeue button")
     shoot(browser, artifacts, "study-dead-job")
+    browser.execute_script("window.beforeRequeue = true;")
     wait_for(browser, lambda d: click(d.find_element(By.CSS_SELECTOR, f"button[aria-label='Requeue job {job_id}']")),
              "the Requeue button clicked")
-    wait_for(browser, lambda d: d.current_url.endswith(f"/studies/{key}"), "back on the study page")
+    wait_for(browser, lambda d: d.current_url.endswith(f"/studies/{key}") and d.execute_script(
+        "return window.beforeRequeue === undefined && document.readyState === 'complete';"),
+        "the study page loaded again after the Requeue form's redirect")
     browser.execute_script("window.stillTheSamePage = true;")
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#job-{job_id} .state-done"),
              "the requeued job done, shown without a reload")

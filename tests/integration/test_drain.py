@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
-from engine.testing.ports import free_port
+from engine.testing.ports import free_port, port_listening
+from engine.testing.waiting import wait_until
 from engine.testing import storescu, write_config
 
 
@@ -53,7 +54,7 @@ def test_sigterm_lets_the_open_association_finish_and_refuses_new_ones(tmp_path:
             time.sleep(0.01)
         receiver.send_signal(signal.SIGTERM)
         assert sender.poll() is None  # the signal landed mid-association
-        time.sleep(0.3)
+        wait_until(lambda: not port_listening(port), "the SCP no longer listening after SIGTERM")
         late = storescu(files[:1], port)  # a new association after SIGTERM
         _, errors = sender.communicate(timeout=60)
         assert sender.returncode == 0, errors

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pydicom
 
 from engine.synthetic.ct_phantom import generate_ct_phantom, write_ct_series
 from engine.testing import EngineProcess, storescu
+from engine.testing.waiting import wait_until
 
 from .conftest import PLUGIN_DIR
 
@@ -95,13 +95,14 @@ def test_study_split_over_two_associations_out_of_order(tmp_path: Path, require_
     with EngineProcess(tmp_path / "data", workers=1, idle_timeout_s=30.0, extra={"routing": {"models": ["nodule-seg"]}}) as engine:
         assert storescu(first, engine.port).returncode == 0
         assert storescu(second, engine.port).returncode == 0
-        jobs = engine.wait_for_jobs(study_uid, 2)
-        time.sleep(1.0)  # a late duplicate job would show up here
+        engine.wait_for_jobs(study_uid, 2)
         ledger = engine.ledger()
-        try:
+        try:  # jobs are made per completed revision: both series closed at revision 1 means no late duplicate
+            studied = [(row.state, row.revision) for row in ledger.study_series(study_uid)]
             jobs = ledger.study_jobs(study_uid)
         finally:
             ledger.close()
+    assert studied == [("complete", 1), ("complete", 1)]
     assert len(jobs) == 2
     assert {job.state for job in jobs} == {"done"}
     assert {job.series_revision for job in jobs} == {1}
@@ -125,13 +126,8 @@ def test_worker_killed_holding_a_job_is_released_and_result_appears_once(tmp_pat
         assert storescu(files, engine.port).returncode == 0
         ledger = engine.ledger()
         try:
-            deadline = time.monotonic() + 60
-            holder = None
-            while time.monotonic() < deadline and holder is None:
-                leased = [j for j in ledger.study_jobs(study_uid) if j.state == "leased"]
-                holder = leased[0] if leased else None
-                time.sleep(0.05)
-            assert holder is not None, engine.log_tail()
+            holder = wait_until(lambda: next((j for j in ledger.study_jobs(study_uid) if j.state == "leased"), None),
+                                "a job leased to a worker", detail=engine.log_tail)
             pid = int(holder.worker.split(":")[1])
             os.kill(pid, signal.SIGKILL)
         finally:

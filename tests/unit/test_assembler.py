@@ -10,6 +10,7 @@ import pytest
 from engine.receiver.assembler import Assembler, completion_reason, geometric_completion
 from engine.ledger.store import InstanceMeta, InstanceRow, Ledger
 from engine.receiver.spool import SpoolEntry
+from engine.testing.waiting import wait_until
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -118,9 +119,7 @@ def test_background_thread_ticks(ledger: Ledger) -> None:
     add(ledger, 0, expected=None, now=time.time())
     assembler.start(tick=0.05)
     try:
-        deadline = time.monotonic() + 5.0
-        while not completed and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: completed, "the idle series completed by the assembler's thread")
     finally:
         assembler.stop()
     assert completed == [1]

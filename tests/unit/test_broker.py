@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
 import pytest
 import zmq
@@ -18,10 +18,11 @@ import zmq
 from engine.broker.broker import Broker, BrokerError, OutgoingJob, WorkerInfo
 from engine.broker.protocol import Command, Message, decode, encode
 from engine.broker.worker_link import JobDone, JobFailed, JobOutcome, JobRequest, WorkerLink
+from engine.testing.waiting import wait_until
 
 INTERVAL = 0.1
 LIVENESS = 3
-WAIT = 5.0
+WAIT = 60.0  # a failing test's bound only: passing ones return as soon as the broker answers
 """Generous bound for anything that should happen within a few heartbeats."""
 
 
@@ -36,6 +37,7 @@ class FakeSource:
         self.done: list[tuple[str, int, dict, list[tuple[dict, bytes]]]] = []
         self.failed: list[tuple[str, int, str, bool]] = []
         self.lost: list[tuple[str, int, str]] = []
+        self.reaped: list[set[str]] = []
         self.raise_on_done = False
 
     def add(self, job_id: str, payload: list[bytes] | None = None, attempt: int = 1, **job: Any) -> None:
@@ -70,6 +72,11 @@ class FakeSource:
         with self._cond:
             self.lost.append((job_id, attempt, reason))
             self._queue.appendleft(OutgoingJob(job_id, attempt + 1, {}, []))
+            self._cond.notify_all()
+
+    def reap(self, held: Collection[str]) -> None:
+        with self._cond:
+            self.reaped.append(set(held))
             self._cond.notify_all()
 
     def wait(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -177,10 +184,7 @@ def start_link() -> Iterator[Callable[..., None]]:
 
 def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
     """Poll ``predicate`` (for broker stats, which signal nothing) until true or fail."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for the broker"
-        time.sleep(0.005)
+    wait_until(predicate, "the broker's stats to show it", timeout=timeout, interval=0.005)
 
 
 def _digest(views: list[memoryview]) -> str:
@@ -534,3 +538,15 @@ def test_stop_ends_the_thread(source: FakeSource) -> None:
     broker.notify()  # harmless after stop
     with pytest.raises(BrokerError):
         broker.start()
+
+
+def test_reap_is_told_the_jobs_connected_workers_hold(source: FakeSource, peer: Callable[..., Peer]) -> None:
+    worker = peer()
+    worker.ready("w1")
+    source.add("j1")
+    job = worker.expect(Command.JOB)
+    source.wait(lambda: any("j1" in held for held in source.reaped))  # renewed while the worker holds it
+    worker.done(job.header["job_id"], job.header["attempt"])
+    source.wait(lambda: bool(source.done))
+    count = len(source.reaped)
+    source.wait(lambda: len(source.reaped) > count and "j1" not in source.reaped[-1])  # settled: not held

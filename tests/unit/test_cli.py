@@ -39,6 +39,7 @@ def test_plugins_lists_models_and_outputs(tmp_path: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "nodule-seg 1.0.0" in out and "seg" in out and "result_json" in out
     assert "backend: torch or onnxruntime: not timed on this host yet" in out
+    assert "notification kinds:\n  hl7\n  webhook" in out
 
 
 def test_models_build_exports_times_and_plugins_then_shows_the_choice(
@@ -79,11 +80,12 @@ def test_send_to_nothing_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_requeue_a_dead_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from engine.ledger.store import InstanceMeta, Ledger
-    from engine.receiver.spool import SpoolEntry
+    from engine.receiver.spool import Spool, file_meta_bytes
 
+    entry = Spool(tmp_path / "spool").store(file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4",
+                                                            "1.2.840.10008.1.2.1"), b"")
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.add_instance(InstanceMeta("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2"),
-                        SpoolEntry("n", 1, "h"), "CT1", 1.0)
+    ledger.add_instance(InstanceMeta("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2"), entry, "CT1", 1.0)
     job = ledger.create_job("1.2.3", 1, "m", "1", now=1.0, max_attempts=1)
     ledger.claim_job("w", 2.0)
     ledger.release_job(job, 1, "heartbeat timeout", 3.0)
@@ -93,3 +95,59 @@ def test_requeue_a_dead_job(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     assert "requeued 1 job(s)" in captured.out and "job nope is not failed" in captured.err
     assert main(["status", "--data-dir", str(tmp_path)]) == 0
     assert "queue depth: 1" in capsys.readouterr().out
+
+
+def test_status_lists_failed_notifications(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine.ledger.store import InstanceMeta, Ledger
+    from engine.receiver.spool import SpoolEntry
+
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add_instance(InstanceMeta("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2"),
+                        SpoolEntry("n", 1, "h"), "CT1", 1.0)
+    ledger.add_notifications("study:1.2:final:1", "study_final", "1.2", None, "{}", ["ris", "hook"], 2.0)
+    ledger.record_notification("study:1.2:final:1", "ris", "failed", 3.0, reason="rejected (ACK AR)")
+    ledger.close()
+    assert main(["status", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "notifications pending: 1" in out and "notifications failed: 1" in out
+    assert "notification failed: study_final of study 1.2 to ris after 1 attempt(s): rejected (ACK AR)" in out
+    assert main(["status", "--json", "--data-dir", str(tmp_path)]) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out)
+    assert report["failed_notifications"] == [{"target": "ris", "trigger": "study_final", "job": None,
+                                               "attempts": 1, "reason": "rejected (ACK AR)"}]
+
+
+def test_requeue_refuses_a_job_whose_source_files_are_gone(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine.ledger.store import InstanceMeta, Ledger
+    from engine.receiver.spool import Spool, file_meta_bytes
+
+    spool = Spool(tmp_path / "spool")
+    entry = spool.store(file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"), b"")
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.add_instance(InstanceMeta("1.2", "1.2.3", "1.2.3.4", "1.2.840.10008.5.1.4.1.1.2"), entry, "CT1", 1.0)
+    job = ledger.create_job("1.2.3", 1, "m", "1", now=1.0)
+    ledger.claim_job("w", 2.0)
+    ledger.fail_job(job, 1, "source files gone", False, 3.0)
+    ledger.close()
+    spool.path(entry.name).unlink()
+    assert main(["requeue", job, "--data-dir", str(tmp_path)]) == 1
+    assert f"job {job} cannot run again: 1 of 1 spool file(s) of its series are gone" in capsys.readouterr().err
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        assert ledger.job(job).state == "failed"  # left as it was
+    finally:
+        ledger.close()
+
+
+def test_backfill_names_an_unknown_model_and_a_bad_date(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from engine.ledger.store import Ledger
+
+    Ledger(tmp_path / "ledger.sqlite").close()
+    assert main(["backfill", "nope", "--since", "2026-01-01", "--data-dir", str(tmp_path)]) == 2
+    assert "no model 'nope' to backfill (routing may use: " in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["backfill", "nodule-seg", "--since", "last week", "--data-dir", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "--since takes a date as YYYY-MM-DD, got 'last week'" in capsys.readouterr().err

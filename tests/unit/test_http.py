@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -72,3 +73,19 @@ def get_refused(port: int) -> bool:
     except urllib.error.URLError:
         return True
     return False
+
+
+def test_storage_gauges_read_the_ledger_total_its_files_and_the_free_space(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from engine.web.metrics import StorageCollector
+
+    ledger = tmp_path / "ledger.sqlite"
+    ledger.write_bytes(b"x" * 4096)
+    ledger.with_name("ledger.sqlite-wal").write_bytes(b"y" * 1000)
+    registry = CollectorRegistry()
+    registry.register(StorageCollector(lambda: 123456, ledger, tmp_path))
+    text = generate_latest(registry).decode()
+    assert "scanstream_spool_bytes 123456.0" in text and "scanstream_ledger_bytes 5096.0" in text
+    free = [line for line in text.splitlines() if line.startswith("scanstream_free_bytes ")]
+    assert len(free) == 1 and float(free[0].split()[1]) > 0

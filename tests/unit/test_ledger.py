@@ -231,3 +231,54 @@ def test_closing_the_ledger_wakes_its_waiters(tmp_path: Path) -> None:
     ledger.close()
     waiter.join(timeout=10.0)
     assert not waiter.is_alive() and woke == [0]
+
+
+def test_totals_kept_by_triggers_agree_with_counting(ledger: Ledger) -> None:
+    ledger.add_instance(meta(1), SpoolEntry("n1", 10, "a"), "CT1", 1.0)
+    ledger.add_instance(meta(2), SpoolEntry("n2", 30, "b"), "CT1", 1.0)
+    ledger.add_instance(meta(2), SpoolEntry("n3", 50, "c"), "CT1", 1.1, duplicate_policy="replace")  # resized
+    ledger.add_instance(meta(1), SpoolEntry("n4", 99, "a"), "CT1", 1.2)  # the same bytes again: no change
+    job = ledger.create_job(SERIES, 1, "m", "1", now=2.0)
+    other = ledger.create_job(SERIES, 1, "n", "1", now=2.1, max_attempts=1)
+    ledger.claim_job("w", 3.0)
+    ledger.complete_job(job, 1, "/r", 4.0, deliveries=["pacs", "archive"])
+    ledger.record_delivery(job, "pacs", "sent", 5.0)
+    ledger.claim_job("w", 5.0)
+    ledger.fail_job(other, 1, "boom", True, 6.0)  # dead
+    assert ledger.received_totals() == (2, 60)
+    db = ledger._db
+    assert ledger.job_counts() == {s: db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (s,)).fetchone()[0]
+                                   for s in ledger_module.JOB_STATES}
+    assert ledger.job_counts()["dead"] == 1 and ledger.job_counts()["done"] == 1
+    assert ledger.delivery_counts() == {"pending": 1, "sent": 1, "failed": 0}
+    db.execute("DELETE FROM deliveries WHERE destination = 'archive'")
+    db.execute("DELETE FROM instances WHERE spool_name = 'n1'")
+    assert ledger.delivery_counts()["pending"] == 0 and ledger.received_totals() == (1, 50)
+
+
+def test_a_version_4_ledger_gets_its_totals_counted_on_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for step in ledger_module._MIGRATIONS[:4]:
+        for statement in ledger_module._statements(step):
+            db.execute(statement)
+    db.execute("INSERT INTO schema_version VALUES (4)")
+    db.execute("INSERT INTO studies VALUES ('1.2', 'st_1', 1, 1)")
+    db.execute("INSERT INTO series (series_uid, series_key, study_uid, modality, sop_class_uid, body_part,"
+               " series_description, calling_ae, first_received, last_received) VALUES"
+               " ('1.2.3', 'se_1', '1.2', 'CT', '1.2', '', '', 'CT1', 1, 1)")
+    for n in range(3):
+        db.execute("INSERT INTO instances (sop_instance_uid, series_uid, sop_class_uid, spool_name, sha256, size,"
+                   " received_at, calling_ae) VALUES (?, '1.2.3', '1.2', ?, 'h', 7, 1, 'CT1')", (f"1.2.3.{n}", f"n{n}"))
+    db.execute("INSERT INTO jobs (job_id, series_uid, series_revision, model, model_version, state, max_attempts,"
+               " created) VALUES ('j', '1.2.3', 1, 'm', '1', 'queued', 3, 1)")
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.schema_version() == ledger_module.SCHEMA_VERSION
+        assert ledger.received_totals() == (3, 21)
+        assert ledger.job_counts()["queued"] == 1
+    finally:
+        ledger.close()

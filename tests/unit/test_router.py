@@ -105,3 +105,46 @@ def test_routing_models_limits_the_models_used(ledger: Ledger) -> None:
     assert [job.model for job in ledger.list_jobs()] == ["ct-b"]
     with pytest.raises(PluginError, match="routing.models names unregistered model.*nope"):
         Router(ledger, registry(), lambda: None, enabled=["nope"])
+
+
+def test_a_selector_that_raises_skips_its_model_only(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    from engine.web.models_view import why_unrouted
+
+    def broken(series):
+        raise KeyError("BodyPartExamined")
+
+    models = registry()
+    models.add(ModelSpec(name="broken", version="1", description="", selector=broken,
+                         load_network=torch.nn.Identity, handler=_Handler()))
+    router = Router(ledger, models, lambda: None)
+    with caplog.at_level(logging.INFO, logger="engine.receiver.router"):
+        jobs = router.route("1.2.3", 1)
+    assert sorted(ledger.job(j).model for j in jobs) == ["ct-a", "ct-b"]  # the others still run
+    (failed,) = [r for r in caplog.records if r.getMessage() == "router.selector_failed"]
+    assert failed.levelno == logging.ERROR
+    assert failed.__dict__["fields"]["model"] == "broken"
+    assert failed.__dict__["fields"]["error"] == "KeyError: 'BodyPartExamined'"
+    reasons = why_unrouted(ledger.series_info("1.2.4"), models.all(), ())
+    assert "broken: its selector raised KeyError: 'BodyPartExamined'" in reasons
+
+
+def test_a_new_model_runs_on_new_series_only_unless_backfilled(ledger: Ledger) -> None:
+    import time
+    from datetime import date, timedelta
+
+    from engine.receiver.router import backfill
+
+    first = ModelRegistry()
+    first.add(ModelSpec(name="ct-a", version="1", description="", selector=lambda s: s.modality == "CT",
+                        load_network=torch.nn.Identity, handler=_Handler()))
+    revision = ledger.complete_series("1.2.3", "test", time.time())
+    assert ledger.unrouted_series_revisions() == [("1.2.3", revision)]  # completed, not routed yet (a crash)
+    Router(ledger, first, lambda: None).route("1.2.3", revision)
+    assert ledger.unrouted_series_revisions() == []  # start-up routes nothing again: no re-run on history
+    later = Router(ledger, registry(), lambda: None)  # ct-b and mr are new
+    assert backfill(ledger, later, date(2100, 1, 1), models=["ct-b"]) == 0  # nothing completed since then
+    yesterday = date.today() - timedelta(days=1)
+    assert backfill(ledger, later, yesterday, models=["ct-b"]) == 1
+    jobs = {job.model: job for job in ledger.list_jobs()}
+    assert set(jobs) == {"ct-a", "ct-b"} and (jobs["ct-a"].deliver, jobs["ct-b"].deliver) == (1, 0)
+    assert backfill(ledger, later, yesterday, deliver=True) == 0  # every model: each job exists once

@@ -34,11 +34,12 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from engine.api import ModelRegistry, ModelResult, ModelSpec
 from engine.testing.ports import free_port
+from engine.testing.waiting import wait_until
 from engine.receiver import spool as spool_module
 from engine.receiver.assembler import Assembler
 from engine.ledger.store import Ledger
@@ -50,7 +51,6 @@ from engine.receiver.statuses import (
     CALLING_AE_NOT_RECOGNISED,
     LOCAL_LIMIT_EXCEEDED,
     Rejection,
-    RejectResult,
     StoreStatus,
 )
 from engine.testing import storescu
@@ -335,9 +335,7 @@ def test_series_without_images_in_acquisition_completes_when_idle(tmp_path: Path
     assert receiver.completed == [] and receiver.ledger.series(series_uid).state == "open"
     receiver.assembler.start(tick=0.05)
     try:
-        deadline = time.monotonic() + 10.0
-        while not receiver.completed and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: receiver.completed, "the idle series completed by the assembler")
     finally:
         receiver.assembler.stop()
     assert receiver.completed == [(series_uid, 1)]
@@ -512,26 +510,67 @@ def test_a_defect_in_storing_is_a_processing_failure_and_the_receiver_carries_on
 
 def associate(port: int, calling: str = "PYSCU", called: str = AET) -> tuple[pynetdicom.association.Association,
                                                                              Rejection | None]:
-    """Request an association; returns it and the rejection the SCP answered, if any."""
-    answers: list = []
+    """Request an association; returns it and the rejection the SCP answered, if any.
+
+    The rejection is read from the association's own record of the answer
+    (``acceptor.primitive``, set before ``associate`` returns), not from an event
+    handler, and the timeouts are generous: a busy machine only makes it slower.
+    """
     ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = 60
     ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called,
-                         evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))])
-    rejected = [p for p in answers if getattr(p, "result", None) in tuple(RejectResult)]
-    if not rejected:
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    if assoc.is_aborted:
+        raise AssertionError(f"association from {calling} to {called} aborted instead of being answered")
+    if not assoc.is_rejected:
         return assoc, None
-    return assoc, Rejection(rejected[0].result, rejected[0].result_source, rejected[0].diagnostic)
+    answer = assoc.acceptor.primitive
+    return assoc, Rejection(answer.result, answer.result_source, answer.diagnostic)
+
+
+def refusal(port: int, calling: str = "PYSCU", called: str = AET) -> Rejection | None:
+    """The SCP's answer to an A-ASSOCIATE-RQ read straight off a socket: its rejection, or None if it accepted.
+
+    A raw socket with a finite timeout, not pynetdicom's requestor: that one can
+    report a rejection that arrives just before the SCP closes the connection as
+    an abort when the machine is busy.
+    """
+    from pynetdicom.pdu import A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = calling, called
+    context = pynetdicom.presentation.build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    primitive.user_information = [maximum]
+    request = A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as connection:
+        connection.sendall(request.encode())
+        answer = connection.makefile("rb")
+        header = answer.read(6)
+        assert len(header) == 6, "the SCP closed the connection without answering the A-ASSOCIATE-RQ"
+        body = answer.read(int.from_bytes(header[2:6], "big"))
+    if header[0] == 0x02:  # A-ASSOCIATE-AC
+        return None
+    assert header[0] == 0x03, f"expected A-ASSOCIATE-AC or -RJ, got PDU type {header[0]:#04x}"
+    rejected = A_ASSOCIATE_RJ()
+    rejected.decode(header + body)
+    return Rejection(rejected.result, rejected.source, rejected.reason_diagnostic)
 
 
 def test_wrong_called_ae_and_unknown_calling_ae_are_rejected(tmp_path: Path, receiver_factory,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     receiver = receiver_factory(allowed_calling_aets=["CT1", "STORESCU"])
     with caplog.at_level(logging.INFO, logger="engine.receiver.handlers"):
-        assert associate(receiver.scp.port, calling="CT1", called="NOTME")[1] == CALLED_AE_NOT_RECOGNISED
+        assert refusal(receiver.scp.port, calling="CT1", called="NOTME") == CALLED_AE_NOT_RECOGNISED
     (line,) = [r.__dict__["fields"] for r in caplog.records if r.getMessage() == "assoc.rejected"]
     assert (line["calling_ae"], line["called_ae"]) == ("CT1", "NOTME") and line["address"].startswith("127.0.0.1:")
-    assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
+    assert refusal(receiver.scp.port, calling="STRANGER") == CALLING_AE_NOT_RECOGNISED
     assoc, rejection = associate(receiver.scp.port, calling="CT1")
     assert rejection is None and assoc.is_established
     assoc.release()
@@ -550,12 +589,9 @@ def test_association_limit_echo_and_tcp_nodelay(receiver_factory) -> None:
     assert rejection is None and first.send_c_echo().Status == StoreStatus.SUCCESS
     (accepted,) = receiver.scp.active_associations()
     assert accepted.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-    second, rejection = associate(receiver.scp.port)
-    assert rejection == LOCAL_LIMIT_EXCEEDED and second.is_rejected
+    assert refusal(receiver.scp.port) == LOCAL_LIMIT_EXCEEDED
     first.release()
-    deadline = time.monotonic() + 5
-    while receiver.scp.active_associations() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: not receiver.scp.active_associations(), "the released association gone from the SCP")
     again, rejection = associate(receiver.scp.port)
     assert rejection is None and again.is_established
     again.release()
@@ -602,8 +638,7 @@ def test_new_associations_are_refused_below_the_disk_low_water_mark(receiver_fac
     assoc.release()
     guard._min_free = guard.free_bytes() * 1000 + 1  # the disk is now "below the mark"
     with caplog.at_level(logging.WARNING, logger="engine.receiver.scp"):
-        refused, rejection = associate(receiver.scp.port)
-    assert rejection == LOCAL_LIMIT_EXCEEDED and refused.is_rejected
+        assert refusal(receiver.scp.port) == LOCAL_LIMIT_EXCEEDED
     (line,) = [r.__dict__["fields"] for r in caplog.records if r.getMessage() == "scp.disk_low"]
     assert line["min_free_bytes"] == guard._min_free and line["free_bytes"] < guard._min_free
     guard._min_free = 1  # space came back
@@ -626,12 +661,15 @@ def test_audit_trail_records_who_sent_what_without_patient_data(tmp_path: Path, 
     short.PixelData = short.PixelData[:100]
     statuses = send_many(receiver.scp.port, [series[0], series[1], series[1], short])
     assert statuses == [0, 0, 0, StoreStatus.CANNOT_UNDERSTAND_TRUNCATED]
-    assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
-    deadline = time.monotonic() + 5
-    while len((tmp_path / "audit.log").read_text().splitlines() if (tmp_path / "audit.log").exists() else []) < 2:
-        assert time.monotonic() < deadline, "audit lines not written"
-        time.sleep(0.02)
-    lines = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    assert refusal(receiver.scp.port, calling="STRANGER") == CALLING_AE_NOT_RECOGNISED
+
+    def audited() -> list[dict]:
+        path = tmp_path / "audit.log"
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        events = {line["event"] for line in lines}
+        return lines if {"instances-transferred", "association-rejected"} <= events else []
+
+    lines = wait_until(audited, "the transfer and the rejection in the audit log")
     transferred = next(line for line in lines if line["event"] == "instances-transferred")
     assert (transferred["calling_ae"], transferred["called_ae"], transferred["ended"]) == ("PYSCU", AET, "released")
     assert (transferred["stored"], transferred["duplicates"], transferred["refused"]) == (2, 1, 1)
@@ -656,12 +694,12 @@ def test_a_study_over_its_byte_cap_gets_a700_for_the_instance_that_would_cross_i
 
 def test_calling_ae_bound_to_a_host(receiver_factory) -> None:
     receiver = receiver_factory(allowed_calling_aets=["CT1@10.9.9.9", "CT2@127.0.0.1", "PYSCU"])
-    assert associate(receiver.scp.port, calling="CT1")[1] == CALLING_AE_NOT_RECOGNISED  # right AE, wrong host
+    assert refusal(receiver.scp.port, calling="CT1") == CALLING_AE_NOT_RECOGNISED  # right AE, wrong host
     for calling in ("CT2", "PYSCU"):
         assoc, rejection = associate(receiver.scp.port, calling=calling)
         assert rejection is None and assoc.is_established, calling
         assoc.release()
-    assert associate(receiver.scp.port, calling="STRANGER")[1] == CALLING_AE_NOT_RECOGNISED
+    assert refusal(receiver.scp.port, calling="STRANGER") == CALLING_AE_NOT_RECOGNISED
 
 
 def test_calling_ae_entries_are_checked() -> None:

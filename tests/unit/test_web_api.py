@@ -146,7 +146,7 @@ def test_events_announce_ledger_changes(setup: ConsoleSetup) -> None:
         return seen
 
     events = asyncio.run(first_events())
-    assert events[0].startswith("retry:") and events[1].startswith("event: change\ndata: ") and len(events) == 2
+    assert events[0].startswith("retry:") and "\nevent: ready\ndata: " in events[0] and events[1].startswith("event: change\ndata: ") and len(events) == 2
 
 
 def test_the_openapi_document_needs_sign_in(setup: ConsoleSetup) -> None:

@@ -2,7 +2,11 @@
 
 Each stream keeps one read-only connection on the ledger and reads SQLite's
 ``data_version`` (constant-time; it moves whenever the receiver commits) every
-:data:`CHECK_S`; on a change it sends ``event: change``. Pages fetch their live
+:data:`CHECK_S`; on a change it sends ``event: change``. The first event,
+``ready``, is sent once the stream's baseline is read: a page fetches itself
+again on it, which covers whatever changed between the page being rendered and
+the stream starting (a job that finishes right after a Requeue redirect would
+otherwise never show without a reload). Pages fetch their live
 parts again at most about once a second however busy the receiver is. A
 comment line every :data:`KEEPALIVE_S` keeps proxies from closing an idle
 stream. Streams end when the console stops.
@@ -27,10 +31,10 @@ KEEPALIVE_S = 15.0
 
 
 async def ledger_changes(reader: LedgerReader, stopping: threading.Event) -> AsyncIterator[str]:
-    """``change`` events (data: the ledger's data version) until ``stopping`` is set."""
+    """A ``ready`` event, then ``change`` events (data: the ledger's data version) until ``stopping`` is set."""
     with reader.watch() as version:
         last = version()
-        yield "retry: 3000\n\n"
+        yield f"retry: 3000\nevent: ready\ndata: {last}\n\n"
         quiet = 0.0
         while not stopping.is_set():
             await asyncio.sleep(CHECK_S)

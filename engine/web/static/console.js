@@ -1,5 +1,5 @@
 // ScanStream console: keep a page's live parts current without a reload.
-// The server sends an event whenever the ledger changes (/api/events); the page
+// The server sends an event when its stream starts and whenever the ledger changes (/api/events); the page
 // then fetches itself again and swaps in each part marked data-live (same ids),
 // at most about once a second, leaving alone a part that holds the keyboard focus.
 (function () {
@@ -53,5 +53,9 @@
     window.setTimeout(refresh, Math.max(0, MIN_INTERVAL_MS - (Date.now() - last)));
   }
 
-  new EventSource("/api/events").addEventListener("change", changed);
+  // "ready" comes once the stream watches the ledger (again after a reconnect): fetch once
+  // for what changed before it, then on each "change".
+  var events = new EventSource("/api/events");
+  events.addEventListener("ready", changed);
+  events.addEventListener("change", changed);
 })();

@@ -1,0 +1,1 @@
+"""Retention: what the ledger names against what is on disk (``scanstream verify``)."""
