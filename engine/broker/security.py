@@ -62,10 +62,13 @@ def is_loopback(endpoint: str) -> bool:
 def create_keys(folder: Path, name: str) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public) and ``NAME.key_secret`` (secret, mode 0600) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / f"{name}.key_secret").exists():
-        raise CurveError(f"{folder / (name + '.key_secret')} exists; remove it first or pick another name")
+    secret_path = folder / f"{name}.key_secret"
+    try:  # created 0600 before a byte of the key is written: pyzmq then truncates and fills it, mode kept
+        os.close(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise CurveError(f"{secret_path} exists; remove it first or pick another name") from None
+    os.chmod(secret_path, 0o600)  # the umask may have taken bits away, never added any
     public, secret = zmq.auth.create_certificates(str(folder), name)
-    os.chmod(secret, 0o600)
     return Path(public), Path(secret)
 
 

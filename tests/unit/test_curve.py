@@ -38,6 +38,23 @@ def test_key_files_and_secret_mode(tmp_path: Path) -> None:
         create_keys(tmp_path, "w1")
 
 
+def test_the_secret_key_file_is_0600_before_the_key_is_written(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No moment where another local user could read the secret key (it used to be chmod-ed after writing)."""
+    import zmq.auth
+
+    modes: list[int] = []
+    real = zmq.auth.create_certificates
+
+    def recording(folder: str, name: str):
+        modes.append(stat.S_IMODE((Path(folder) / f"{name}.key_secret").stat().st_mode))
+        return real(folder, name)
+
+    monkeypatch.setattr(zmq.auth, "create_certificates", recording)
+    _, secret = create_keys(tmp_path, "w2")
+    assert modes == [0o600] and stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
 @pytest.mark.parametrize("endpoint, loopback", [
     ("tcp://127.0.0.1:5570", True), ("tcp://localhost:5570", True), ("tcp://[::1]:5570", True),
     ("ipc:///tmp/b", True), ("tcp://0.0.0.0:5570", False), ("tcp://*:5570", False),
