@@ -139,6 +139,20 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE removals (path TEXT PRIMARY KEY, kind TEXT NOT NULL, since REAL NOT NULL);
     """,
+    # Notifications per state kept by triggers like deliveries', so a /metrics scrape reads rows, not history.
+    """
+    INSERT INTO totals SELECT 'notifications:' || state, COUNT(*) FROM notifications GROUP BY state;
+    CREATE TRIGGER totals_notification_added AFTER INSERT ON notifications BEGIN
+        INSERT INTO totals VALUES ('notifications:' || NEW.state, 1)
+        ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_notification_moved AFTER UPDATE OF state ON notifications WHEN NEW.state != OLD.state
+    BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'notifications:' || OLD.state;
+        INSERT INTO totals VALUES ('notifications:' || NEW.state, 1)
+        ON CONFLICT(name) DO UPDATE SET value = value + 1; END;
+    CREATE TRIGGER totals_notification_removed AFTER DELETE ON notifications BEGIN
+        UPDATE totals SET value = value - 1 WHERE name = 'notifications:' || OLD.state; END;
+    """,
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -1036,6 +1050,5 @@ class Ledger:
 
     def notification_counts(self) -> dict[str, int]:
         """Notifications per state (every state present, zero included)."""
-        with self._lock:
-            found = dict(self._db.execute("SELECT state, COUNT(*) FROM notifications GROUP BY state").fetchall())
+        found = self._totals("notifications:")
         return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}

@@ -256,6 +256,19 @@ def test_totals_kept_by_triggers_agree_with_counting(ledger: Ledger) -> None:
     assert ledger.delivery_counts()["pending"] == 0 and ledger.received_totals() == (1, 50)
 
 
+def test_notification_totals_kept_by_triggers_agree_with_counting(ledger: Ledger) -> None:
+    ledger.add_notifications("e1", "findings", "1.2", None, "{}", ["hook", "ris"], 1.0)
+    ledger.add_notifications("e1", "findings", "1.2", None, "{}", ["hook"], 1.1)  # queued already: not counted
+    ledger.record_notification("e1", "hook", "sent", 2.0)
+    ledger.record_notification("e1", "ris", "pending", 2.0, next_attempt=3.0)  # a retry stays pending
+    assert ledger.notification_counts() == {"pending": 1, "sent": 1, "failed": 0}
+    ledger.record_notification("e1", "ris", "failed", 4.0, reason="NAK")
+    counted = dict(ledger._db.execute("SELECT state, COUNT(*) FROM notifications GROUP BY state").fetchall())
+    assert ledger.notification_counts() == {"pending": 0, "sent": counted["sent"], "failed": counted["failed"]}
+    ledger._db.execute("DELETE FROM notifications WHERE notifier = 'ris'")
+    assert ledger.notification_counts() == {"pending": 0, "sent": 1, "failed": 0}
+
+
 def test_a_version_4_ledger_gets_its_totals_counted_on_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     db = sqlite3.connect(path)
