@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from engine.config.entries import DestinationConfig
+from engine.delivery.due_loop import run_due_loop
 from engine.logs import get_logger
 from engine.ledger.store import DeliveryRow, Ledger
 from engine.delivery.stow import StowClient, StowError
@@ -34,7 +35,6 @@ from engine.dicom.store_scu import SendError, read_headers, store_files
 log = get_logger(__name__)
 
 WARNING_STATUSES = frozenset({0xB000, 0xB006, 0xB007})
-IDLE_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -178,14 +178,7 @@ class DeliveryService:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            attempted = self.deliver_due()
-            if attempted:
-                continue
-            due = self._ledger.next_delivery_due()
-            wait = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - self._clock()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        run_due_loop(self._stop, self._wake, self.deliver_due, self._ledger.next_delivery_due, self._clock)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current attempt (pending deliveries stay in the ledger for the next start)."""

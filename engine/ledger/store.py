@@ -817,16 +817,23 @@ class Ledger:
 
     def due_deliveries(self, now: float, limit: int = 32) -> list[DeliveryRow]:
         """Pending deliveries whose next attempt is due, oldest first."""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending'"
-                                    " AND next_attempt <= ? ORDER BY next_attempt, created LIMIT ?",
-                                    (now, limit)).fetchall()
-        return [DeliveryRow(*row) for row in rows]
+        return [DeliveryRow(*row) for row in self._due("deliveries", _DELIVERY_COLUMNS, now, limit)]
 
     def next_delivery_due(self) -> float | None:
         """When the earliest pending delivery is due (epoch seconds), or None."""
+        return self._next_due("deliveries")
+
+    def _due(self, table: str, columns: str, now: float, limit: int) -> list[tuple]:
+        """Rows of a retry queue (deliveries, notifications) pending and due by ``now``, oldest first."""
         with self._lock:
-            row = self._db.execute("SELECT MIN(next_attempt) FROM deliveries WHERE state = 'pending'").fetchone()
+            return self._db.execute(f"SELECT {columns} FROM {table} WHERE state = 'pending'"
+                                    " AND next_attempt <= ? ORDER BY next_attempt, created LIMIT ?",
+                                    (now, limit)).fetchall()
+
+    def _next_due(self, table: str) -> float | None:
+        """When the earliest pending row of a retry queue is due (epoch seconds), or None."""
+        with self._lock:
+            row = self._db.execute(f"SELECT MIN(next_attempt) FROM {table} WHERE state = 'pending'").fetchone()
         return None if row[0] is None else float(row[0])
 
     def record_delivery(self, job_id: str, destination: str, state: str, now: float, *, reason: str | None = None,
@@ -1015,17 +1022,11 @@ class Ledger:
 
     def due_notifications(self, now: float, limit: int = 32) -> list[NotificationRow]:
         """Pending notifications whose next attempt is due, oldest first."""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_NOTIFICATION_COLUMNS} FROM notifications WHERE state = 'pending'"
-                                    " AND next_attempt <= ? ORDER BY next_attempt, created LIMIT ?",
-                                    (now, limit)).fetchall()
-        return [NotificationRow(*row) for row in rows]
+        return [NotificationRow(*row) for row in self._due("notifications", _NOTIFICATION_COLUMNS, now, limit)]
 
     def next_notification_due(self) -> float | None:
         """When the earliest pending notification is due (epoch seconds), or None."""
-        with self._lock:
-            row = self._db.execute("SELECT MIN(next_attempt) FROM notifications WHERE state = 'pending'").fetchone()
-        return None if row[0] is None else float(row[0])
+        return self._next_due("notifications")
 
     def record_notification(self, event_id: str, notifier: str, state: str, now: float, *,
                             reason: str | None = None, next_attempt: float | None = None) -> None:

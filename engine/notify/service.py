@@ -19,6 +19,7 @@ from collections import deque
 from typing import Callable, Sequence
 
 from engine.config.entries import NotificationConfig
+from engine.delivery.due_loop import run_due_loop
 from engine.ledger.store import Ledger, NotificationRow
 from engine.ledger.study_report import study_report
 from engine.logs import get_logger
@@ -26,8 +27,6 @@ from engine.notify.events import Event, job_event, study_event
 from engine.notify.registry import Notifier, NotifierRegistry, SendOutcome, StudyFacts
 
 log = get_logger(__name__)
-
-IDLE_WAIT_S = 1.0
 
 
 class NotificationService:
@@ -155,14 +154,12 @@ class NotificationService:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self.check_studies()
-            if self.send_due():
-                continue
-            due = self._ledger.next_notification_due()
-            wait = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - self._clock()))
-            self._wake.wait(wait)
-            self._wake.clear()
+        run_due_loop(self._stop, self._wake, self._check_and_send, self._ledger.next_notification_due, self._clock)
+
+    def _check_and_send(self) -> int:
+        """Queue the events of studies that became final, then send what is due; how many were attempted."""
+        self.check_studies()
+        return self.send_due()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current attempt (pending notifications stay in the ledger for the next start)."""
