@@ -50,12 +50,16 @@ class RetentionPolicy:
         self._ledger = ledger
         self._spool = spool
         self._results = results_root
-        self._ledger_files = [ledger_path, ledger_path.with_name(ledger_path.name + "-wal")]
+        self._ledger_path = ledger_path
         self._clock = clock
 
     def used_bytes(self) -> int:
-        """Spool (the ledger's kept total of stored instances) + results folders + the ledger's files."""
-        ledger = sum(path.stat().st_size for path in self._ledger_files if path.exists())
+        """Spool (the ledger's kept total of stored instances) + results folders + the ledger's database file.
+
+        The WAL is left out: SQLite's checkpoint bounds it (about 4 MB) and a file that grows with every write
+        and never shrinks would make a pass recycle studies for bytes that removing them cannot free.
+        """
+        ledger = self._ledger_path.stat().st_size if self._ledger_path.exists() else 0
         return self._ledger.received_totals()[1] + folder_bytes(self._results) + ledger
 
     def _purge(self, uids: list[str], now: float) -> int:
