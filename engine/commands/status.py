@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from engine.commands.common import add_command, config_from_args, open_ledger
 from engine.ledger.store import DeliveryRow, JobRow, Ledger, NotificationRow
+from engine.receiver.retention import RetentionState, read_state
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -41,9 +42,21 @@ def status_report(ledger: Ledger) -> StatusReport:
                         percentiles(ledger.timelines()))
 
 
+def retention_line(state: RetentionState) -> str:
+    """The last retention pass in one line, saying why new associations are refused when they are."""
+    quota = "no quota" if state.quota_bytes is None else f"quota {state.quota_bytes} bytes"
+    line = (f"{'retention':>22}: {state.used_bytes} bytes used, {quota}, {state.recycled_total} recycled, "
+            f"{state.expired_total} expired")
+    if state.quota_full:
+        line += ("\n  REFUSING new associations: the data folder is over retention.quota_bytes and only unfinished "
+                 "work (open series, pending jobs or deliveries) is left to remove")
+    return line
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Studies, series, queue depth, in-flight and failed jobs, from the ledger."""
-    ledger = open_ledger(config_from_args(args))
+    config = config_from_args(args)
+    ledger = open_ledger(config)
     if ledger is None:
         return 1
     try:
@@ -52,8 +65,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         ledger.close()
     counts, failed, undelivered, latency = report.counts, report.failed, report.undelivered, report.latency
     unnotified = report.unnotified
+    retention = read_state(config.storage.data_dir)
     if args.json:
-        print(json.dumps({"counts": counts, "failed": [
+        print(json.dumps({"counts": counts, "retention": None if retention is None else asdict(retention), "failed": [
             {"job": j.job_id, "model": j.model, "state": j.state, "reason": j.reason} for j in failed],
             "failed_deliveries": [{"job": d.job_id, "destination": d.destination, "attempts": d.attempts,
                                    "reason": d.reason} for d in undelivered],
@@ -63,6 +77,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for key, value in counts.items():
         print(f"{key:>22}: {value}")
+    if retention is not None:
+        print(retention_line(retention))
     for job in failed:
         print(f"  {job.state}: job {job.job_id} model {job.model}: {job.reason}")
     for row in undelivered:

@@ -263,6 +263,30 @@ class PluginsConfig(_Section):
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
 
+class RetentionConfig(_Section):
+    """Removing finished studies in the background: by age, and to keep the data folder under a quota.
+
+    Off unless a site asks (``enabled = true``): nothing is ever deleted by default.
+    """
+
+    enabled: bool = Field(False, description="run the background retention pass")
+    keep_days: float | None = Field(None, gt=0, description="finished studies last received more than this many "
+                                                            "days ago are removed; unset keeps them (quota only)")
+    grace_hours: float = Field(1.0, ge=0, description="a finished study is never removed within this many hours "
+                                                      "of its last instance")
+    quota_bytes: int | None = Field(None, gt=0, description="while spool + results + ledger exceed this, the "
+                                                            "oldest finished studies are recycled; when none is "
+                                                            "left new associations are refused")
+    interval_s: float = Field(60.0, gt=0, description="seconds between background passes")
+
+    @model_validator(mode="after")
+    def _something_to_apply(self) -> "RetentionConfig":
+        if self.enabled and self.keep_days is None and self.quota_bytes is None:
+            raise ValueError("retention.enabled needs retention.keep_days (days, > 0) or retention.quota_bytes "
+                             "(bytes, > 0)")
+        return self
+
+
 class LoggingConfig(_Section):
     """Log level of the JSON-lines log on stderr."""
 
@@ -280,6 +304,7 @@ class EngineConfig(_Section):
     http: HttpConfig = Field(default_factory=HttpConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     destinations: list[DestinationConfig] = Field(default_factory=list)
     notifications: list[NotificationConfig] = Field(default_factory=list)

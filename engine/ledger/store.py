@@ -593,6 +593,12 @@ class Ledger:
                 f"SELECT st.study_uid FROM studies st WHERE {_STUDY_FINISHED}{where} ORDER BY st.last_received",
                 params)]
 
+    def oldest_study_received(self) -> float | None:
+        """When the oldest retained study last received an instance, or None without studies."""
+        with self._lock:
+            row = self._db.execute("SELECT MIN(last_received) FROM studies").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def remove_study(self, study_uid: str, now: float) -> list[tuple[str, str]] | None:
         """Delete a finished study's rows and list its files in ``removals``, in one transaction; returns the
         (path, kind) to remove (spool names as kind "spool", results folders as "results"), or None when the

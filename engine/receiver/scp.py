@@ -152,8 +152,9 @@ class ReceiverSCP:
                  network_timeout: float = 60, duplicate_policy: DuplicatePolicy = "keep_first",
                  min_free_bytes: int = 0, audit: AuditTrail | None = None, max_study_bytes: int = 0,
                  priority_tag: str = "", tls: ssl.SSLContext | None = None, tls_port: int = 2762,
-                 plain: bool = True) -> None:
+                 plain: bool = True, quota_full: Callable[[], bool] = lambda: False) -> None:
         self.ae_title = ae_title
+        self._quota_full = quota_full
         self.host = host
         self._port = port
         self._tls = tls
@@ -172,8 +173,9 @@ class ReceiverSCP:
         self._active: set[Association] = set()
 
     def disk_low(self) -> bool:
-        """Whether the spool's disk is below ``min_free_bytes`` (new associations are refused; STOW too)."""
-        return self._disk.is_low()
+        """Whether the spool's disk is below ``min_free_bytes``, or the data folder over ``retention.quota_bytes``
+        with nothing left to recycle (new associations are refused; STOW too)."""
+        return self._disk.is_low() or self._quota_full()
 
     @property
     def store_handler(self) -> StoreHandler:
@@ -213,7 +215,7 @@ class ReceiverSCP:
             return
         with self._lock:
             over_limit = len(self._active) >= self._max_associations
-        over_limit = over_limit or self._disk.is_low()
+        over_limit = over_limit or self.disk_low()
         association = Association(connection, address[0], address[1], self._policy, self._handler, self._events,
                                   self._timeouts, over_limit)
         with self._lock:

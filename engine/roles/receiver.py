@@ -25,11 +25,13 @@ from engine.plugins import LoadedPlugins
 from engine.receiver.assembler import Assembler
 from engine.receiver.audit import AuditTrail
 from engine.receiver.dispatch import LedgerJobSource
+from engine.receiver.retention import RetentionService
 from engine.receiver.router import Router, backfill
 from engine.receiver.scp import ReceiverSCP
 from engine.receiver.spool import Spool
 from engine.roles.health import HealthMonitor
 from engine.receiver.stow import StowStore
+from engine.retention.policy import RetentionPolicy
 from engine.roles.memory import freeze_startup_objects
 from engine.web.app import create_app
 from engine.web.auth.store import AccessStore
@@ -76,6 +78,7 @@ class ReceiverRole:
                              priority_values=config.routing.priority_values, enabled=config.routing.models)
         self.assembler = Assembler(self.ledger, self.router.route, idle_timeout=config.assembler.idle_timeout_s)
         self.audit = AuditTrail(storage.audit_path)
+        self.retention = self._retention()
         receiver = config.receiver
         self.scp = ReceiverSCP(
             receiver.ae_title,
@@ -99,12 +102,15 @@ class ReceiverRole:
             tls=receiver.tls_context(),
             tls_port=receiver.tls_port,
             plain=receiver.plain_enabled,
+            quota_full=self.retention.quota_full if self.retention else lambda: False,
         )
         self.metrics.register(StatusCollector(self._job_counts, lambda: self.broker.stats().workers,
                                               self.ledger.received_totals, self.ledger.delivery_counts,
                                               self.ledger.notification_counts))
         self.metrics.register(StorageCollector(lambda: self.ledger.received_totals()[1], storage.ledger_path,
                                                storage.data_dir))
+        if self.retention is not None:
+            self.metrics.register(self.retention.collector())
         self.access = AccessStore(storage.users_path)
         stow = stow_router(StowStore(self.scp.store_handler, receiver.ae_title), config.http.stow_max_body_bytes,
                            self.scp.disk_low)
@@ -112,13 +118,27 @@ class ReceiverRole:
                               config.http.port, tls=tls_context(config),
                               forwarded_allow_ips=config.http.forwarded_allow_ips)
         self._started = False
-        self.health = HealthMonitor([
+        checks: list[tuple[str, Callable[[], str | None]]] = [
             ("broker", lambda: None if self.broker.alive() else "thread stopped"),
             ("delivery", lambda: None if self.delivery.alive() else "thread stopped"),
             ("assembler", lambda: None if self.assembler.alive() else "thread stopped"),
             ("ledger", self.ledger.probe_write),
-        ], self._fatal, exit_after=config.receiver.unhealthy_exit_s)
+        ]
+        if self.retention is not None:
+            service = self.retention
+            checks.append(("retention", lambda: None if service.alive() else "thread stopped"))
+        self.health = HealthMonitor(checks, self._fatal, exit_after=config.receiver.unhealthy_exit_s)
         self._on_fatal: Callable[[], object] = lambda: None
+
+    def _retention(self) -> RetentionService | None:
+        """The background retention pass when ``retention.enabled``, else None (nothing is ever deleted)."""
+        retention, storage = self.config.retention, self.config.storage
+        if not retention.enabled:
+            return None
+        policy = RetentionPolicy(retention, self.ledger, self.spool, storage.results_dir, storage.ledger_path,
+                                 time.time)
+        return RetentionService(policy, storage.data_dir, retention.quota_bytes, retention.interval_s,
+                                self.ledger.oldest_study_received)
 
     def _fatal(self) -> None:
         """A part stayed dead past ``receiver.unhealthy_exit_s``: ask the process to stop (and exit non-zero)."""
@@ -194,6 +214,8 @@ class ReceiverRole:
         self.assembler.start(tick=self.config.assembler.tick_s)
         self.delivery.start()
         self.notifications.start()
+        if self.retention is not None:
+            self.retention.start()
         self.http.start()
         self.scp.start()
         self.health.start()
@@ -212,6 +234,8 @@ class ReceiverRole:
         self.broker.stop()
         self.delivery.stop()
         self.notifications.stop()
+        if self.retention is not None:
+            self.retention.stop()
         self.http.stop()
         self.access.close()
         self.ledger.close()

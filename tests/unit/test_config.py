@@ -75,3 +75,15 @@ def test_environment_round_trip_for_child_processes() -> None:
 def test_worker_broker_defaults_to_bind_address() -> None:
     config = EngineConfig.model_validate({"broker": {"bind": "tcp://0.0.0.0:6000"}})
     assert config.worker_broker == "tcp://127.0.0.1:6000"
+
+
+def test_retention_is_off_by_default_and_names_what_an_enabled_one_lacks(tmp_path: Path) -> None:
+    retention = load_config(environ={}).retention
+    assert not retention.enabled and retention.quota_bytes is None and retention.keep_days is None
+    with pytest.raises(ConfigError, match="retention.enabled needs retention.keep_days"):
+        load_config(environ={"SCANSTREAM_RETENTION__ENABLED": "true"})
+    with pytest.raises(ConfigError, match="retention.quota_bytes"):
+        load_config(environ={"SCANSTREAM_RETENTION__ENABLED": "true", "SCANSTREAM_RETENTION__QUOTA_BYTES": "0"})
+    config = load_config(environ={"SCANSTREAM_RETENTION__ENABLED": "true", "SCANSTREAM_RETENTION__KEEP_DAYS": "30",
+                                  "SCANSTREAM_RETENTION__QUOTA_BYTES": "1000000"})
+    assert config.retention.keep_days == 30 and config.retention.quota_bytes == 1000000

@@ -31,6 +31,7 @@ def role(tmp_path: Path):
         "SCANSTREAM_STORAGE__DATA_DIR": str(tmp_path / "data"),
         "SCANSTREAM_RECEIVER__HOST": "127.0.0.1", "SCANSTREAM_RECEIVER__PORT": str(free_port()),
         "SCANSTREAM_RECEIVER__UNHEALTHY_EXIT_S": "20",
+        "SCANSTREAM_RETENTION__ENABLED": "true", "SCANSTREAM_RETENTION__QUOTA_BYTES": str(10**12),
         "SCANSTREAM_HTTP__HOST": "127.0.0.1", "SCANSTREAM_HTTP__PORT": str(free_port()),
         "SCANSTREAM_BROKER__BIND": f"tcp://127.0.0.1:{free_port()}",
         "SCANSTREAM_DESTINATIONS": json.dumps([{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
@@ -44,7 +45,7 @@ def role(tmp_path: Path):
     role.stop()
 
 
-@pytest.mark.parametrize("part", ["broker", "delivery", "assembler"])
+@pytest.mark.parametrize("part", ["broker", "delivery", "assembler", "retention"])
 def test_a_stopped_thread_is_named_by_readyz_and_ends_the_process_in_bounded_time(role, part: str) -> None:
     receiver, fatal = role
     now = time.monotonic()

@@ -647,6 +647,20 @@ def test_new_associations_are_refused_below_the_disk_low_water_mark(receiver_fac
     again.release()
 
 
+def test_new_associations_are_refused_while_retention_finds_the_quota_full(receiver_factory) -> None:
+    full = [False]
+    receiver = receiver_factory(quota_full=lambda: full[0])
+    assoc, rejection = associate(receiver.scp.port)
+    assert rejection is None and assoc.is_established
+    assoc.release()
+    full[0] = True  # over quota with only unfinished work left
+    assert refusal(receiver.scp.port) == LOCAL_LIMIT_EXCEEDED and receiver.scp.disk_low()
+    full[0] = False  # a pass found room
+    again, rejection = associate(receiver.scp.port)
+    assert rejection is None and again.is_established
+    again.release()
+
+
 def test_audit_trail_records_who_sent_what_without_patient_data(tmp_path: Path, receiver_factory) -> None:
     import json
 
