@@ -870,8 +870,7 @@ class Ledger:
 
     def delivery_counts(self) -> dict[str, int]:
         """Deliveries per state (every state present, zero included)."""
-        found = self._totals("deliveries:")
-        return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}
+        return self._per_state("deliveries:")
 
     def requeue_delivery(self, job_id: str, destination: str, now: float) -> bool:
         """Send a failed delivery again from now, with fresh attempts."""
@@ -988,6 +987,11 @@ class Ledger:
         found = self._totals("jobs:")
         return {state: int(found.get(state, 0)) for state in JOB_STATES}
 
+    def _per_state(self, prefix: str) -> dict[str, int]:
+        """A retry queue's (deliveries', notifications') trigger-kept totals for every state, zero included."""
+        found = self._totals(prefix)
+        return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}
+
     def _totals(self, prefix: str) -> dict[str, int]:
         """The trigger-kept totals whose name starts with ``prefix``, by the rest of their name."""
         with self._lock:
@@ -1057,5 +1061,4 @@ class Ledger:
 
     def notification_counts(self) -> dict[str, int]:
         """Notifications per state (every state present, zero included)."""
-        found = self._totals("notifications:")
-        return {state: int(found.get(state, 0)) for state in DELIVERY_STATES}
+        return self._per_state("notifications:")

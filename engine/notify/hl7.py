@@ -14,6 +14,8 @@ ACK codes decide: AA/CA sent; AE/CE (application error) retried; AR/CR
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import time
 from typing import Any, Mapping
@@ -113,10 +115,8 @@ def judge_ack(raw: bytes, expected_control_id: str) -> SendOutcome:
     except (HL7apyException, AttributeError, IndexError, ValueError) as exc:
         return SendOutcome("retry", f"unreadable acknowledgement: {type(exc).__name__}")
     text = ""
-    try:
+    with contextlib.suppress(HL7apyException, AttributeError, IndexError):  # MSA-3 (text message) is optional
         text = ack.msa.msa_3.value
-    except (HL7apyException, AttributeError, IndexError):
-        pass
     detail = f"ACK {code}" + (f": {text[:200]}" if text else "")
     if acknowledged != expected_control_id:
         return SendOutcome("retry", f"{detail} for control id {acknowledged!r}, not {expected_control_id!r}")
